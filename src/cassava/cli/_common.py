@@ -1,0 +1,41 @@
+"""What every command shares: the console, error reporting and the untrained-model warning."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+
+from cassava.errors import CassavaError
+
+console = Console()
+err_console = Console(stderr=True)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def reports_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """Show a CassavaError as one red line and exit 1, instead of a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except CassavaError as err:
+            raise fail(str(err)) from None
+
+    return wrapper
+
+
+def warn_untrained(warning: str | None) -> None:
+    if warning:
+        err_console.print(f"[bold yellow on red] WARNING [/] [bold yellow]{warning}[/]", highlight=False)

@@ -1,0 +1,50 @@
+"""The MLServer configuration of the cassava model, written once, here.
+
+`model/model-settings.json` and `model/settings.json` (what `mlserver start model/` reads) are these
+dictionaries on disk; a test keeps them equal. `cassava serve` and the test harness write the same
+dictionaries, with their own ports and worker count, into a run folder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from cassava.contract import GRPC_MAX_MESSAGE_LENGTH, INPUT_SPECS, MODEL_NAME, OUTPUT_SPECS
+
+DEFAULT_PARALLEL_WORKERS = 1
+
+
+def model_settings(extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    settings: dict[str, Any] = {
+        "name": MODEL_NAME,
+        "implementation": "cassava.runtime.CassavaRuntime",
+        "inputs": [{"name": n, "datatype": d, "shape": list(s)} for n, d, s in INPUT_SPECS],
+        "outputs": [{"name": n, "datatype": d, "shape": list(s)} for n, d, s in OUTPUT_SPECS],
+    }
+    if extra:
+        settings["parameters"] = {"extra": extra}
+    return settings
+
+
+def server_settings(**overrides: Any) -> dict[str, Any]:
+    settings: dict[str, Any] = {
+        "grpc_max_message_length": GRPC_MAX_MESSAGE_LENGTH,
+        "parallel_workers": DEFAULT_PARALLEL_WORKERS,
+    }
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    return settings
+
+
+def write_model_folder(
+    folder: Path,
+    *,
+    extra: dict[str, Any] | None = None,
+    server: dict[str, Any] | None = None,
+) -> Path:
+    """Write a folder that `mlserver start FOLDER` serves."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model-settings.json").write_text(json.dumps(model_settings(extra), indent=2) + "\n")
+    (folder / "settings.json").write_text(json.dumps(server_settings(**(server or {})), indent=2) + "\n")
+    return folder
