@@ -6,7 +6,7 @@ LOCK   := requirements/dev.lock
 
 
 .DEFAULT_GOAL := help
-.PHONY: help setup serve serve-demo test lint unit bench image render clean
+.PHONY: help setup serve serve-demo test lint bench image render lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -39,3 +39,8 @@ test: lint ## lint, then every test: unit, integration (real MLServer processes)
 
 clean: ## remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+lock: ## regenerate requirements/*.lock from pyproject.toml
+	uv pip compile pyproject.toml -p 3.11 --generate-hashes -q --extra tensorflow --extra onnx --extra export --extra data --extra dev -o requirements/dev.lock
+	uv pip compile pyproject.toml -p 3.11 --generate-hashes -q --extra tensorflow -o requirements/runtime-tensorflow.lock
+	uv pip compile pyproject.toml -p 3.11 --generate-hashes -q --extra onnx -o requirements/runtime-onnx.lock
