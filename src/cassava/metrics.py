@@ -1,7 +1,14 @@
 """cassava's own Prometheus metrics, exported next to MLServer's on the metrics port (8082).
 
-MLServer points prometheus_client at a multiprocess directory before the workers start, so these
-module-level metrics are aggregated across parallel workers without extra code here.
+With parallel workers (MLServer's default, 1) inference runs in a worker process. MLServer sets
+PROMETHEUS_MULTIPROC_DIR to its `metrics_dir` in the server process before it spawns the workers, and a
+worker imports this module (when it loads the runtime) after that, so these module-level metrics are
+born multiprocess there and the server's /metrics sums every process's files; the server process's own
+copies stay at zero. tests/integration/test_metrics.py checks the exact counts and that a worker wrote them.
+
+`metrics_dir` defaults to `.metrics` in the working directory: two servers started from one directory
+share it and report each other's counts. The image sets MLSERVER_METRICS_DIR under its writable /tmp;
+tests give each server its own.
 """
 
 from __future__ import annotations

@@ -1,0 +1,210 @@
+"""Every overlay renders, and `cassava deploy render` gives each target the image, namespace and replicas
+asked for, through kustomize on the overlays (no second copy of the manifests)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from deploy_helpers import (
+    CRDS,
+    DEPLOY,
+    IMAGE,
+    NAMESPACE,
+    all_targets,
+    needs_kubectl,
+    needs_shared,
+    overlay_docs,
+    pod_specs,
+    rendered_docs,
+)
+from typer.testing import CliRunner
+
+from cassava.cli.main import app
+from cassava.manifests import TARGETS, RenderError, load_all, render
+
+#: the objects each target is made of (kind, name)
+EXPECTED = {
+    "seldon-core-v1": {("SeldonDeployment", "cassava"), ("ServiceAccount", "cassava")},
+    "seldon-core-v2": {("ServerConfig", "cassava-mlserver"), ("Server", "cassava"), ("Model", "cassava")},
+    "kserve": {
+        ("InferenceService", "cassava"),
+        ("ServingRuntime", "cassava-mlserver"),
+        ("ServiceAccount", "cassava"),
+    },
+    "kubernetes": {
+        ("Deployment", "cassava"),
+        ("Service", "cassava"),
+        ("HorizontalPodAutoscaler", "cassava"),
+        ("PodDisruptionBudget", "cassava"),
+        ("NetworkPolicy", "cassava"),
+        ("ServiceAccount", "cassava"),
+    },
+    "../monitoring": {
+        ("PodMonitor", "cassava"),
+        ("PrometheusRule", "cassava"),
+        ("ConfigMap", "cassava-grafana-dashboard"),
+    },
+}
+# The KEDA extra: the kubernetes target with KEDA's ScaledObject in place of the HPA.
+EXPECTED["../extras/keda"] = EXPECTED["kubernetes"] - {("HorizontalPodAutoscaler", "cassava")} | {
+    ("ScaledObject", "cassava")
+}
+
+
+@pytest.fixture(autouse=True)
+def _kubectl() -> None:
+    needs_kubectl()
+
+
+@pytest.mark.parametrize("overlay", sorted(EXPECTED))
+def test_every_overlay_renders_exactly_its_objects(overlay: str) -> None:
+    docs = overlay_docs(f"overlays/{overlay}")
+    assert {(d["kind"], d["metadata"]["name"]) for d in docs} == EXPECTED[overlay]
+    # The shared pod definition is copied into the platform's object and never shipped itself.
+    assert all(d["kind"] != "PodTemplate" for d in docs)
+
+
+def test_the_targets_are_the_overlays() -> None:
+    assert set(TARGETS.values()) == {p.name for p in (DEPLOY / "overlays").iterdir() if p.is_dir()}
+
+
+@pytest.mark.parametrize("target", all_targets())
+def test_render_sets_image_namespace_and_replicas(target: str) -> None:
+    docs = rendered_docs(target)
+    assert all(d["metadata"]["namespace"] == NAMESPACE for d in docs)
+    # KServe's predictor names no image: KServe takes the ServingRuntime's.
+    images = [c["image"] for p in pod_specs(docs) for c in p.spec["containers"] if "image" in c]
+    images += [c["image"] for d in docs if d["kind"] == "ServingRuntime" for c in d["spec"]["containers"]]
+    ours = [i for i in images if "seldonio/" not in i]  # Seldon Core 2's agent and rclone keep theirs
+    assert ours, images
+    assert all(i == IMAGE for i in ours), images
+    by_kind = {d["kind"]: d for d in docs}
+    if target == "seldon-v1":
+        sdep = by_kind["SeldonDeployment"]
+        assert sdep["spec"]["replicas"] == 3
+        assert sdep["spec"]["predictors"][0]["componentSpecs"][0]["hpaSpec"]["minReplicas"] == 3
+    elif target == "seldon-v2":
+        for kind in ("Server", "Model"):
+            assert by_kind[kind]["spec"]["replicas"] == 3
+            assert by_kind[kind]["spec"]["minReplicas"] == 3
+    elif target == "kserve":
+        assert by_kind["InferenceService"]["spec"]["predictor"]["minReplicas"] == 3
+    else:
+        assert by_kind["HorizontalPodAutoscaler"]["spec"]["minReplicas"] == 3
+        # The HPA owns the count: a fixed one in the Deployment would fight it on every apply.
+        assert "replicas" not in by_kind["Deployment"]["spec"]
+
+
+def test_more_replicas_than_the_autoscalers_maximum_raises_the_maximum() -> None:
+    needs_kubectl()
+    docs = load_all(render("kubernetes", "cassava:1.0", replicas=25))
+    (hpa,) = [d for d in docs if d["kind"] == "HorizontalPodAutoscaler"]
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (25, 25)
+
+
+def test_without_options_the_overlay_values_stay() -> None:
+    docs = load_all(render("seldon-v1", "registry.example.com/cassava:0.1.0"))
+    (sdep,) = [d for d in docs if d["kind"] == "SeldonDeployment"]
+    overlay = yaml.safe_load((DEPLOY / "overlays/seldon-core-v1/seldondeployment.yaml").read_text())
+    assert sdep["spec"]["replicas"] == overlay["spec"]["replicas"]
+    assert all("namespace" not in d["metadata"] for d in docs)
+
+
+def test_seldon_v2_model_uri() -> None:
+    docs = load_all(render("seldon-v2", "cassava:1.0", model_uri="s3://models/cassava/1"))
+    (model,) = [d for d in docs if d["kind"] == "Model"]
+    assert model["spec"]["storageUri"] == "s3://models/cassava/1"
+
+
+def test_the_seldon_deployment_scales_with_kubectl_scale() -> None:
+    """`kubectl scale sdep cassava --replicas=3` writes the scale subresource's specReplicasPath."""
+    needs_shared()
+    from deploy_helpers import crd_file_of
+
+    crd = crd_file_of("SeldonDeployment")
+    assert "sdep" in crd["spec"]["names"]["shortNames"]
+    (v1,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+    assert v1["subresources"]["scale"]["specReplicasPath"] == ".spec.replicas"
+    (sdep,) = [d for d in overlay_docs("overlays/seldon-core-v1") if d["kind"] == "SeldonDeployment"]
+    assert sdep["apiVersion"] == "machinelearning.seldon.io/v1"
+    assert isinstance(sdep["spec"]["replicas"], int)
+    # Likewise `kubectl scale server cassava --replicas=3` on Seldon Core 2.
+    server_crd = crd_file_of("Server")
+    assert server_crd["spec"]["versions"][0]["subresources"]["scale"]["specReplicasPath"] == ".spec.replicas"
+    assert CRDS.is_dir()
+
+
+def test_the_seed_deployment_is_kept() -> None:
+    """The seed tutorial's SeldonDeployment, field for field, inside ours."""
+    (sdep,) = [d for d in overlay_docs("overlays/seldon-core-v1") if d["kind"] == "SeldonDeployment"]
+    assert sdep["metadata"]["name"] == "cassava"
+    assert sdep["spec"]["protocol"] == "v2"
+    (predictor,) = sdep["spec"]["predictors"]
+    assert predictor["name"] == "cassava"
+    assert {k: predictor["graph"][k] for k in ("name", "type")} == {"name": "cassava", "type": "MODEL"}
+    (container,) = predictor["componentSpecs"][0]["spec"]["containers"]
+    assert container["name"] == "cassava"
+
+
+def test_kserve_declares_the_v2_protocol() -> None:
+    docs = overlay_docs("overlays/kserve")
+    (isvc,) = [d for d in docs if d["kind"] == "InferenceService"]
+    (runtime,) = [d for d in docs if d["kind"] == "ServingRuntime"]
+    model = isvc["spec"]["predictor"]["model"]
+    assert model["protocolVersion"] == "v2"
+    assert model["runtime"] == runtime["metadata"]["name"]
+    assert "v2" in runtime["spec"]["protocolVersions"]
+    assert isvc["spec"]["predictor"]["scaleMetric"] == "cpu"
+    assert isvc["spec"]["predictor"]["minReplicas"] <= isvc["spec"]["predictor"]["maxReplicas"]
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        ("registry.example.com/cassava", "neither a tag nor a digest"),
+        ("cassava@sha256:abc", "64 hex digits"),
+        (":1.0", "no image name"),
+    ],
+)
+def test_bad_images_are_refused(image: str, message: str) -> None:
+    with pytest.raises(RenderError, match=message):
+        render("kubernetes", image)
+
+
+def test_cli_render(tmp_path: Path) -> None:
+    runner = CliRunner()
+    args = ["deploy", "render", "--target", "kserve", "--image", "reg.example/cassava:2.0", "-n", "ml"]
+    result = runner.invoke(app, [*args, "--replicas", "4"])
+    assert result.exit_code == 0, result.output
+    docs = load_all(result.stdout)
+    assert {d["metadata"]["namespace"] for d in docs} == {"ml"}
+    (isvc,) = [d for d in docs if d["kind"] == "InferenceService"]
+    assert isvc["spec"]["predictor"]["minReplicas"] == 4
+    out = tmp_path / "kserve.yaml"
+    result = runner.invoke(app, [*args, "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    assert load_all(out.read_text())
+
+
+def test_cli_render_bad_target_and_namespace() -> None:
+    runner = CliRunner()
+    result = runner.invoke(app, ["deploy", "render", "--target", "nomad", "--image", "c:1"])
+    assert result.exit_code != 0
+    assert "nomad" in result.output
+    result = runner.invoke(
+        app, ["deploy", "render", "--target", "kubernetes", "--image", "c:1", "--namespace", "Not_Valid"]
+    )
+    assert result.exit_code == 1
+    assert "not a valid namespace name" in result.stderr
+
+
+def test_cli_render_without_kubectl_says_so(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty PATH: no kubectl, no kustomize
+    result = CliRunner().invoke(app, ["deploy", "render", "--target", "kubernetes", "--image", "c:1"])
+    assert result.exit_code == 1
+    assert "kubectl is not installed" in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 3  # one message (wrapped at most), no traceback
+    assert shutil.which("kubectl", path=str(tmp_path)) is None
