@@ -38,6 +38,11 @@ class TensorFlowBackend:
             )
         self._tf = tf
 
+    @property
+    def model(self) -> Any:
+        """The restored SavedModel object (`cassava.export` traces its `__call__`)."""
+        return self._model
+
     def predict(self, batch: np.ndarray) -> np.ndarray:
         probs = self._model(self._tf.constant(batch, dtype=self._tf.float32), False)
         return np.asarray(probs, dtype=np.float32)

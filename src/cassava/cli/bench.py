@@ -1,0 +1,308 @@
+"""`cassava bench`: load-test any V2 endpoint of the model, or measure the in-process limit.
+
+    cassava bench http://localhost:8080 --concurrency 8             # REST, one generated JPEG a request
+    cassava bench grpc://localhost:8081 --batch 16 --images photos/
+    cassava bench http://HOST/seldon/NS/cassava --encoding tensor --batch 16   # the seed's request
+    cassava bench --in-process --backend onnx --batch 16            # no server: the pipeline's limit
+    cassava bench --backend onnx --workers 2 --soak --duration 600  # start a server here and soak it
+
+Without a TARGET (and without --in-process) it starts `mlserver start` here with the options given,
+measures its cold start, runs against it and stops it. `make bench` runs the whole matrix
+(`cassava.bench_matrix`) and writes docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from cassava.cli._common import console, fail, reports_errors, warn_untrained
+from cassava.client import Transport
+from cassava.settings import Backend
+
+if TYPE_CHECKING:
+    from cassava.bench import BenchReport, LoadSpec, ServerConfig, Tick
+
+
+@reports_errors
+def bench(
+    target: str = typer.Argument(
+        None,
+        help="http(s)://HOST:PORT, optionally with a path prefix (Seldon, KServe), or grpc://HOST:PORT. "
+        "Omitted: start a server here.",
+        show_default=False,
+    ),
+    images: list[Path] = typer.Option(
+        None, "--images", help="Image files or directories to send (repeatable).", show_default=False
+    ),
+    generate: int = typer.Option(32, "--generate", min=1, help="Without --images: generate N JPEGs."),
+    size: str = typer.Option("640x480", "--size", help="WxH of the generated JPEGs."),
+    quality: int = typer.Option(90, "--quality", min=1, max=100, help="JPEG quality of generated images."),
+    batch: int = typer.Option(1, "--batch", min=1, help="Images per request."),
+    concurrency: int = typer.Option(1, "--concurrency", "-c", min=1, help="Requests in flight."),
+    duration: float = typer.Option(10.0, "--duration", min=0.1, help="Measured seconds."),
+    warmup: float = typer.Option(2.0, "--warmup", min=0.0, help="Seconds of load before measuring."),
+    encoding: str = typer.Option(
+        "bytes",
+        "--encoding",
+        help="bytes: the image files (the server decodes them); tensor: the seed's float32 request, "
+        "preprocessed here.",
+    ),
+    timeout: float = typer.Option(60.0, "--timeout", min=0.1, help="Seconds before a request fails."),
+    encode_each: bool = typer.Option(
+        False,
+        "--encode-each",
+        help="Build every request in the timed loop (preprocessing, JSON), as the seed's test.py does, "
+        "instead of sending requests built beforehand.",
+    ),
+    in_process: bool = typer.Option(
+        False, "--in-process", help="No server: Classifier.classify_images (decode + preprocess + model)."
+    ),
+    model: Path = typer.Option(
+        None, "--model", help="Model directory (in-process or a server started here). Default: the cache."
+    ),
+    backend: Backend = typer.Option("tensorflow", "--backend", help="Backend (in-process or started here)."),
+    threads: int = typer.Option(
+        None, "--threads", min=0, help="Inference threads per worker / in-process (0: backend default)."
+    ),
+    fast_decode: bool = typer.Option(
+        False, "--fast-decode", help="Approximate JPEG decoding by DCT scaling (in-process or started here)."
+    ),
+    workers: int = typer.Option(None, "--workers", min=0, help="Parallel workers of a server started here."),
+    transport: str = typer.Option("rest", "--transport", help="rest or grpc, for a server started here."),
+    adaptive_batch_size: int = typer.Option(
+        0,
+        "--adaptive-batch-size",
+        min=0,
+        help="MLServer adaptive batching of a server started here: most requests merged (0 = off).",
+    ),
+    adaptive_batch_time: float = typer.Option(
+        0.01, "--adaptive-batch-time", min=0.0, help="Longest wait, in seconds, to fill an adaptive batch."
+    ),
+    soak: bool = typer.Option(
+        False, "--soak", help="Report per time window, with the server's resident memory over time."
+    ),
+    window: float = typer.Option(
+        None, "--window", min=0.1, help="Window length in seconds. Default: 60 with --soak, else duration/10."
+    ),
+    server_pid: int = typer.Option(
+        None, "--server-pid", help="PID of the server (its process tree's RSS and CPU are sampled)."
+    ),
+    sample_every: float = typer.Option(5.0, "--sample-every", min=0.1, help="RSS sampling period, seconds."),
+    json_out: Path = typer.Option(None, "--json", help="Write the report as JSON.", show_default=False),
+    chart: Path = typer.Option(None, "--chart", help="Write a PNG chart.", show_default=False),
+) -> None:
+    """Measure images/s, requests/s, latency percentiles and errors of an endpoint (or in-process)."""
+    from cassava import bench as b
+
+    if encoding not in ("bytes", "tensor"):
+        raise fail(f"--encoding must be bytes or tensor, not {encoding!r}")
+    if transport not in ("rest", "grpc"):
+        raise fail(f"--transport must be rest or grpc, not {transport!r}")
+    if in_process and target:
+        raise fail("give a TARGET or --in-process, not both")
+    if in_process and encoding == "tensor":
+        raise fail("--in-process measures the encoded images' pipeline; --encoding tensor needs a server")
+    window_s = window or (60.0 if soak else None)
+    data = _images(images, generate, size, quality)
+    console.print(
+        f"{len(data)} images, {sum(map(len, data)) / len(data) / 1024:.0f} KiB each on average; "
+        f"batch {batch}, concurrency {concurrency}, warm-up {warmup:g} s, measured {duration:g} s"
+    )
+    if in_process:
+        from cassava.model_store import resolve_model_dir
+
+        with _ProgressBar(warmup + duration) as tick:
+            report = b.run_in_process(
+                data,
+                model_dir=resolve_model_dir(model),
+                backend=backend,
+                batch=batch,
+                duration_s=duration,
+                warmup_s=warmup,
+                threads=threads or 0,
+                fast_decode=fast_decode,
+                window_s=window_s,
+                on_tick=tick,
+            )
+    else:
+        spec = b.LoadSpec(
+            target=target or "",
+            encoding="tensor" if encoding == "tensor" else "bytes",
+            batch=batch,
+            concurrency=concurrency,
+            duration_s=duration,
+            warmup_s=warmup,
+            timeout_s=timeout,
+            window_s=window_s,
+            rss_every_s=sample_every,
+            encode_each=encode_each,
+        )
+        if target:
+            if soak and server_pid is None:
+                console.print("[yellow]no --server-pid: the server's memory is not sampled[/]")
+            report = _served(spec, data, server_pid)
+        else:
+            config = b.ServerConfig(
+                backend=backend,
+                workers=workers,
+                adaptive_batch_size=adaptive_batch_size,
+                adaptive_batch_time=adaptive_batch_time,
+                threads=threads,
+                fast_decode=fast_decode,
+            )
+            report = _self_served(spec, data, config, model, "grpc" if transport == "grpc" else "rest")
+    show(report, windows=soak)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        console.print(f"wrote {json_out}")
+    if chart is not None:
+        from cassava.plotting import plot_benchmark
+
+        console.print(f"wrote {plot_benchmark([report.to_dict()], chart)}")
+    if report.requests == 0:
+        raise typer.Exit(1)
+
+
+def _images(paths: list[Path] | None, generate: int, size: str, quality: int) -> list[bytes]:
+    from cassava import bench as b
+
+    if paths:
+        return b.load_images(paths)
+    try:
+        width, height = (int(v) for v in size.lower().split("x"))
+    except ValueError:
+        raise fail(f"--size must be WIDTHxHEIGHT, e.g. 640x480, not {size!r}") from None
+    if width < 1 or height < 1:
+        raise fail(f"--size must be positive, not {size!r}")
+    return b.generate_images(generate, (width, height), quality=quality)
+
+
+def _served(spec: LoadSpec, data: list[bytes], server_pid: int | None) -> BenchReport:
+    from cassava import bench as b
+
+    with _ProgressBar(spec.warmup_s + spec.duration_s) as tick:
+        return b.run_load(spec, data, server_pid=server_pid, on_tick=tick)
+
+
+def _self_served(
+    spec: LoadSpec, data: list[bytes], config: ServerConfig, model: Path | None, transport: Transport
+) -> BenchReport:
+    from dataclasses import replace
+
+    from cassava import bench as b
+    from cassava.model_store import ONNX_FILE, SAVED_MODEL_FILE, read_info, resolve_model_dir
+
+    model_dir = resolve_model_dir(model).resolve()
+    info = read_info(model_dir, need=ONNX_FILE if config.backend == "onnx" else SAVED_MODEL_FILE)
+    warn_untrained(info.warning)
+    with tempfile.TemporaryDirectory(prefix="cassava-bench-") as workdir:
+        console.print(f"starting a server: {config.label}")
+        server = b.start_server(Path(workdir), model_dir, config)
+        try:
+            console.print(f"ready after {server.cold_start_s:.1f} s (pid {server.process.pid})")
+            spec = replace(spec, target=server.target(transport))
+            with _ProgressBar(spec.warmup_s + spec.duration_s) as tick:
+                report = b.run_load(spec, data, server_pid=server.process.pid, on_tick=tick)
+        finally:
+            server.stop()
+    report.info.update(server=config.label, cold_start_s=server.cold_start_s)
+    return report
+
+
+class _ProgressBar:
+    """A rich progress bar over the run's seconds, fed by the bench's tick callback."""
+
+    def __init__(self, total_s: float) -> None:
+        self.total_s = total_s
+        self._bar = Progress(
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[requests]} requests, {task.fields[errors]} errors"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        )
+        self._task = self._bar.add_task("benchmarking", total=total_s, requests=0, errors=0)
+
+    def __enter__(self) -> Tick:
+        self._bar.start()
+
+        def tick(elapsed: float, requests: int, errors: int) -> None:
+            self._bar.update(
+                self._task, completed=min(elapsed, self.total_s), requests=requests, errors=errors
+            )
+
+        return tick
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.stop()
+
+
+def _ms(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:,.1f}"
+
+
+def show(report: BenchReport, *, windows: bool = False) -> None:
+    """The report as rich tables: the summary, errors by kind, and (soak) the time windows."""
+    table = Table(title=f"cassava bench: {report.label}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    rows: list[tuple[str, str]] = [
+        ("target", report.target),
+        ("images/s", f"{report.images_per_s:,.1f}"),
+        ("requests/s", f"{report.requests_per_s:,.2f}"),
+        ("requests ok / errors", f"{report.requests:,} / {report.error_count:,}"),
+        (
+            "latency p50 / p90 / p99",
+            " / ".join(_ms(report.latency_ms[q]) for q in ("p50", "p90", "p99")) + " ms",
+        ),
+    ]
+    if report.request_bytes_per_image is not None:
+        rows.append(("request bytes / image", f"{report.request_bytes_per_image:,.0f}"))
+    rows.append(("client CPU", f"{report.client_cpu * 100:.0f}% of {report.cores} cores"))
+    if report.server_cpu is not None:
+        rows.append(("server CPU", f"{report.server_cpu * 100:.0f}% of {report.cores} cores"))
+    if report.rss_samples:
+        rows.append(("server RSS (end)", f"{report.rss_samples[-1][1] / 2**20:,.0f} MiB"))
+    if report.rss_growth_pct is not None:
+        rows.append(("RSS growth after warm-up", f"{report.rss_growth_pct:+.1f}%"))
+    for key, name in (("cold_start_s", "cold start (start to ready)"), ("load_s", "model load")):
+        if key in report.info:
+            rows.append((name, f"{report.info[key]:.1f} s"))
+    for name, value in rows:
+        table.add_row(name, value)
+    console.print(table)
+    if note := report.info.get("note"):
+        console.print(f"[yellow]{note}[/]")
+    if report.mode != "in-process" and report.client_cpu * report.cores >= 0.9:
+        # One asyncio loop cannot use more than one core: at ~100% of a core the client is the limit.
+        console.print("[yellow]the client kept a whole core busy: it may be the bottleneck[/]")
+    if report.errors:
+        errors = Table("error", "count", "first message", title="errors by kind", title_justify="left")
+        for kind, count in sorted(report.errors.items(), key=lambda kv: -kv[1]):
+            errors.add_row(kind, str(count), report.error_examples.get(kind, ""))
+        console.print(errors)
+    if windows:
+        per = Table(
+            "window (s)", "requests", "errors", "images/s", "p50 ms", "p90 ms", "p99 ms", "RSS MiB",
+            title="per time window", title_justify="left",
+        )  # fmt: skip
+        for w in report.windows:
+            per.add_row(
+                f"{w.start_s:,.0f}-{w.end_s:,.0f}",
+                str(w.requests),
+                str(w.errors),
+                f"{w.images_per_s:,.1f}",
+                *(_ms(w.latency_ms[q]) for q in ("p50", "p90", "p99")),
+                "-" if w.rss_mb is None else f"{w.rss_mb:,.0f}",
+            )
+        console.print(per)
