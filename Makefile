@@ -37,10 +37,20 @@ lint: setup ## ruff and mypy
 test: lint ## lint, then every test: unit, integration (real MLServer processes) and deploy validation
 	$(BIN)/pytest -q
 
+bench: setup ## the benchmark matrix on the CropNet graph (~12 min, 2 cores): docs/performance.md (MODEL=DIR to change)
+	$(BIN)/python -m cassava.bench_matrix $(if $(MODEL),--model $(MODEL))
+
+image: setup ## build the server image with docker/podman (IMAGE=name:tag, BACKEND=onnx, MODEL_SOURCE=url|file|demo)
+	$(BIN)/cassava build $(if $(IMAGE),--tag $(IMAGE)) $(if $(BACKEND),--backend $(BACKEND)) $(if $(MODEL_SOURCE),--model-source $(MODEL_SOURCE))
+
+render: setup ## print the manifests of TARGET (seldon-v1|seldon-v2|kserve|kubernetes) for IMAGE, e.g. make render TARGET=kserve IMAGE=reg/cassava:0.1.0
+	@test -n "$(TARGET)" -a -n "$(IMAGE)" || { echo "usage: make render TARGET=seldon-v1|seldon-v2|kserve|kubernetes IMAGE=NAME:TAG [NAMESPACE=ns] [REPLICAS=n]"; exit 2; }
+	@$(BIN)/cassava deploy render --target $(TARGET) --image $(IMAGE) $(if $(NAMESPACE),--namespace $(NAMESPACE)) $(if $(REPLICAS),--replicas $(REPLICAS))
+
 clean: ## remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
 lock: ## regenerate requirements/*.lock from pyproject.toml
-	uv pip compile pyproject.toml -p 3.11 --generate-hashes -q --extra tensorflow --extra onnx --extra export --extra data --extra dev -o requirements/dev.lock
-	uv pip compile pyproject.toml -p 3.11 --generate-hashes -q --extra tensorflow -o requirements/runtime-tensorflow.lock
-	uv pip compile pyproject.toml -p 3.11 --generate-hashes -q --extra onnx -o requirements/runtime-onnx.lock
+	$(BIN)/uv pip compile pyproject.toml -p 3.11 --generate-hashes -q --extra tensorflow --extra onnx --extra export --extra data --extra dev -o requirements/dev.lock
+	$(BIN)/uv pip compile pyproject.toml -p 3.11 --generate-hashes -q --extra tensorflow -o requirements/runtime-tensorflow.lock
+	$(BIN)/uv pip compile pyproject.toml -p 3.11 --generate-hashes -q --extra onnx -o requirements/runtime-onnx.lock

@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cassava.export import PARITY_TOLERANCE, ExportResult, export
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -70,3 +72,34 @@ def grpc_pool() -> Iterator[ProcessPoolExecutor]:
     """A clean process for tritonclient's gRPC client (see the module docstring)."""
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
         yield pool
+
+
+# --- ONNX exports (cassava.export), made once per session and shared by unit and integration tests ---
+
+#: Parity bound for the CropNet graph with synthetic weights. Its untrained weights drive logits to
+#: +-500, where float32 rounding alone moves probabilities by ~1e-4: TensorFlow itself is up to 1.2e-4
+#: from a float64 evaluation of the same graph, and ONNX Runtime as far on the other side (docs/onnx.md).
+#: The real weights and the stand-in keep the 1e-4 default.
+CROPNET_SYNTHETIC_TOLERANCE = 3e-4
+
+
+def _export_copy(source: Path, dest: Path, tolerance: float = PARITY_TOLERANCE) -> ExportResult:
+    """Export the model in `source` into `dest` (linked, so a read-only source works); the result."""
+    dest.mkdir(parents=True)
+    for entry in source.iterdir():
+        (dest / entry.name).symlink_to(entry.resolve())
+    return export(dest, tolerance=tolerance)
+
+
+@pytest.fixture(scope="session")
+def standin_onnx(tmp_path_factory: pytest.TempPathFactory, demo_model_dir: Path) -> ExportResult:
+    """The stand-in's export; its model directory is `.path.parent`."""
+    return _export_copy(demo_model_dir, tmp_path_factory.mktemp("standin-onnx") / "model")
+
+
+@pytest.fixture(scope="session")
+def cropnet_onnx(tmp_path_factory: pytest.TempPathFactory, cropnet_graph_dir: Path) -> ExportResult:
+    """The real CropNet graph's export (about a minute, once per session)."""
+    return _export_copy(
+        cropnet_graph_dir, tmp_path_factory.mktemp("cropnet-onnx") / "model", CROPNET_SYNTHETIC_TOLERANCE
+    )

@@ -38,6 +38,16 @@ class InferenceRequestError(CassavaError):
     """The server answered with an error (its message is kept), or could not be reached."""
 
 
+class ServerUnreachableError(InferenceRequestError):
+    """No answer at all: connection refused, unknown host, or no reply within the timeout."""
+
+
+# MLServer's ModelMetadataResponse carries `parameters` as field 6; tritonclient's copy of the proto
+# stops at field 5, so protobuf keeps them as unknown fields. Same entry type as ModelInferResponse's.
+_GRPC_METADATA_PARAMETERS_FIELD = 6
+_UNREACHABLE_GRPC_STATUSES = frozenset({"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED"})
+
+
 @dataclass(frozen=True)
 class RemoteResult:
     indices: np.ndarray  # int64 [N]
@@ -74,6 +84,40 @@ def images_request_payload(images: Sequence[bytes], transport: Transport) -> np.
     if transport == "grpc":
         return np.array(list(images), dtype=np.object_)
     return np.array([base64.b64encode(data) for data in images], dtype=np.object_)
+
+
+# Request building, shared by `CassavaClient` and the load generator (`cassava.bench`). `lib` is the
+# tritonclient module of the transport: `tritonclient.http` or `tritonclient.grpc` (their aio clients
+# take the same InferInput objects).
+
+
+def images_input(lib: Any, images: Sequence[bytes], transport: Transport) -> Any:
+    """The `images` input [N] BYTES as a tritonclient InferInput."""
+    data = images_request_payload(images, transport)
+    inp = lib.InferInput(IMAGES_INPUT, [len(data)], "BYTES")
+    _set_data(inp, data, transport)
+    return inp
+
+
+def tensor_input(lib: Any, batch: np.ndarray, transport: Transport) -> Any:
+    """The `payload` input, float32 [N, 224, 224, 3], as a tritonclient InferInput."""
+    batch = np.ascontiguousarray(batch, dtype=np.float32)
+    inp = lib.InferInput(TENSOR_INPUT, list(batch.shape), "FP32")
+    _set_data(inp, batch, transport)
+    return inp
+
+
+def rest_outputs(lib: Any) -> list[Any]:
+    """The outputs a REST request asks for, as JSON: MLServer has no binary-tensor extension."""
+    names = (OUTPUT_INDEX, OUTPUT_PROBABILITIES)
+    return [lib.InferRequestedOutput(name, binary_data=False) for name in names]
+
+
+def _set_data(inp: Any, data: np.ndarray, transport: Transport) -> None:
+    if transport == "grpc":
+        inp.set_data_from_numpy(data)
+    else:
+        inp.set_data_from_numpy(data, binary_data=False)
 
 
 class CassavaClient:
@@ -122,50 +166,52 @@ class CassavaClient:
 
     def is_ready(self) -> bool:
         try:
-            return bool(self._client.is_model_ready(self.model))
+            return bool(self._client.is_model_ready(self.model, **self._call_timeout()))
         except Exception:
             return False
 
     def metadata(self) -> dict[str, Any]:
-        if self.target.transport == "grpc":
-            return dict(self._client.get_model_metadata(self.model, as_json=True))
-        return dict(self._client.get_model_metadata(self.model))
+        """`GET /v2/models/cassava`, or its gRPC twin, as the REST JSON dict (with `parameters`)."""
+        try:
+            if self.target.transport == "rest":
+                return dict(self._client.get_model_metadata(self.model))
+            message = self._client.get_model_metadata(self.model, **self._call_timeout())
+        except Exception as err:
+            raise _request_error(err) from err
+        from google.protobuf.json_format import MessageToDict
+
+        metadata: dict[str, Any] = MessageToDict(message, preserving_proto_field_name=True)
+        for tensor in (*metadata.get("inputs", ()), *metadata.get("outputs", ())):
+            # protobuf's JSON mapping writes int64 as strings; REST gives numbers.
+            tensor["shape"] = [int(dim) for dim in tensor.get("shape", ())]
+        if parameters := _grpc_metadata_parameters(message):
+            metadata["parameters"] = parameters
+        return metadata
+
+    def _call_timeout(self) -> dict[str, Any]:
+        # Without a deadline a gRPC call to an address that accepts but never answers waits ~20 s.
+        return {"client_timeout": self.timeout} if self.target.transport == "grpc" else {}
 
     # -- inference ---------------------------------------------------------------------------------
 
     def classify_images(self, images: Sequence[bytes]) -> RemoteResult:
         """Send encoded image files; the server decodes and preprocesses them."""
-        data = images_request_payload(images, self.target.transport)
-        inp = self._lib.InferInput(IMAGES_INPUT, [len(data)], "BYTES")
-        self._set(inp, data)
-        return self._infer(inp)
+        return self._infer(images_input(self._lib, images, self.target.transport))
 
     def classify_tensor(self, batch: np.ndarray) -> RemoteResult:
         """Send a preprocessed float32 [N, 224, 224, 3] tensor, the seed's request."""
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
-        inp = self._lib.InferInput(TENSOR_INPUT, list(batch.shape), "FP32")
-        self._set(inp, batch)
-        return self._infer(inp)
-
-    def _set(self, inp: Any, data: np.ndarray) -> None:
-        if self.target.transport == "grpc":
-            inp.set_data_from_numpy(data)
-        else:
-            inp.set_data_from_numpy(data, binary_data=False)
+        return self._infer(tensor_input(self._lib, batch, self.target.transport))
 
     def _infer(self, inp: Any) -> RemoteResult:
         kwargs: dict[str, Any] = {}
         if self.target.transport == "rest":
-            kwargs["outputs"] = [
-                self._lib.InferRequestedOutput(name, binary_data=False)
-                for name in (OUTPUT_INDEX, OUTPUT_PROBABILITIES)
-            ]
+            kwargs["outputs"] = rest_outputs(self._lib)
         else:
-            kwargs["client_timeout"] = self.timeout
+            kwargs.update(self._call_timeout())
         try:
             response = self._client.infer(self.model, [inp], **kwargs)
         except Exception as err:  # tritonclient raises InferenceServerException and transport errors
-            raise InferenceRequestError(_server_message(err)) from err
+            raise _request_error(err) from err
         indices = np.asarray(response.as_numpy(OUTPUT_INDEX)).reshape(-1).astype(np.int64)
         probabilities = np.asarray(response.as_numpy(OUTPUT_PROBABILITIES), dtype=np.float32)
         return RemoteResult(indices=indices, probabilities=probabilities.reshape(len(indices), -1))
@@ -174,3 +220,27 @@ class CassavaClient:
 def _server_message(err: Exception) -> str:
     message = err.message() if hasattr(err, "message") and callable(err.message) else str(err)
     return str(message)
+
+
+def _request_error(err: Exception) -> InferenceRequestError:
+    # tritonclient.http lets socket errors through (refused, DNS, timeout: all OSError);
+    # tritonclient.grpc wraps them in InferenceServerException with the gRPC status.
+    status = str(err.status()) if hasattr(err, "status") and callable(err.status) else ""
+    if isinstance(err, OSError) or status in _UNREACHABLE_GRPC_STATUSES:
+        return ServerUnreachableError(_server_message(err) or type(err).__name__)
+    return InferenceRequestError(_server_message(err))
+
+
+def _grpc_metadata_parameters(message: Any) -> dict[str, Any]:
+    from google.protobuf.unknown_fields import UnknownFieldSet
+    from tritonclient.grpc import service_pb2
+
+    parameters: dict[str, Any] = {}
+    for field in UnknownFieldSet(message):
+        if field.field_number != _GRPC_METADATA_PARAMETERS_FIELD:
+            continue
+        entry = service_pb2.ModelInferResponse.ParametersEntry.FromString(field.data)
+        choice = entry.value.WhichOneof("parameter_choice")
+        if choice is not None:
+            parameters[entry.key] = getattr(entry.value, choice)
+    return parameters

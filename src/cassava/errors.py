@@ -7,6 +7,7 @@
     │   ├── BatchTooLargeError  more images in one request than `max_batch_size`
     │   ├── ImageDecodeError    empty bytes, not an image, a corrupt or unsupported image
     │   └── ImageTooLargeError  an image over `max_image_pixels` or `max_image_bytes`
+    ├── DatasetError            local inputs: a path with no image, a TFDS split that cannot be read
     └── ModelError              a problem on the serving side, never the client's fault
         ├── ModelNotFoundError  no model where we looked
         ├── ModelLoadError      a model directory that does not load or has the wrong interface
@@ -19,6 +20,13 @@ process. Every message names the offending value and what is allowed instead.
 """
 
 from __future__ import annotations
+
+import re
+
+# A quoted or repr'd value inside a library's message: Pillow, numpy and base64 quote pieces of their
+# input ("broken PNG file (chunk b'...')", "could not convert string to float: '...'").
+_QUOTED = re.compile(r"b?'(?:[^'\\]|\\.)*'|b?\"(?:[^\"\\]|\\.)*\"")
+_MAX_REASON = 160
 
 
 class CassavaError(Exception):
@@ -53,6 +61,10 @@ class ImageTooLargeError(InputError):
     reason = "image_too_large"
 
 
+class DatasetError(CassavaError):
+    """`cassava predict`'s inputs could not be found or read (a local problem, not a request's)."""
+
+
 class ModelError(CassavaError):
     """The model could not be found, loaded or fetched."""
 
@@ -67,3 +79,13 @@ class ModelLoadError(ModelError):
 
 class FetchError(ModelError):
     pass
+
+
+def safe_reason(err: BaseException) -> str:
+    """A library's error message with every quoted value replaced by `<...>`, at most 160 characters.
+
+    Our messages go to the client and, through MLServer's exception logging, to the server log: they
+    may describe a request (sizes, shapes, counts) but must never copy its content.
+    """
+    text = _QUOTED.sub("<...>", str(err)) or type(err).__name__
+    return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 3] + "..."

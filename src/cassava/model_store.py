@@ -19,6 +19,7 @@ import shutil
 import tarfile
 import tempfile
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -93,6 +94,71 @@ def read_info(model_dir: Path, need: str = SAVED_MODEL_FILE) -> ModelInfo:
         with suppress(OSError, ValueError):
             source = str(json.loads(provenance.read_text()).get("source", source))
     return ModelInfo(path=model_dir, untrained=(model_dir / UNTRAINED_MARKER).exists(), source=source)
+
+
+def check_model_files(model_dir: Path, need: str = SAVED_MODEL_FILE) -> ModelInfo:
+    """`read_info`, plus a structural check of the files a load reads, in well under a second and
+    without importing TensorFlow: a server must not spend half a minute importing it to learn that its
+    model directory is missing, empty or truncated. It cannot prove the model loads (only a load
+    does); it catches a wrong path, a missing file, an empty or truncated protobuf."""
+    if not model_dir.is_dir():
+        what = "is not a directory" if model_dir.exists() else "does not exist"
+        raise ModelNotFoundError(
+            f"the model directory {model_dir} {what}; point CASSAVA_MODEL_DIR (or the model's "
+            "`parameters.uri`) at a directory made by `cassava model fetch`"
+        )
+    info = read_info(model_dir, need=need)
+    # A SavedModel has fields 1 (schema version) and 2 (meta graphs); an ONNX ModelProto has many.
+    _check_protobuf(model_dir / need, fields={1, 2} if need == SAVED_MODEL_FILE else None)
+    index = model_dir / "variables" / "variables.index"
+    if need == SAVED_MODEL_FILE and (model_dir / "variables").is_dir() and not index.is_file():
+        raise ModelLoadError(
+            f"{index} is missing, so the weights in {model_dir / 'variables'} cannot be read; "
+            "the model directory is incomplete: run `cassava model fetch --force`"
+        )
+    return info
+
+
+def _check_protobuf(path: Path, fields: set[int] | None = None) -> None:
+    """Walk the top-level fields of a protobuf file: each tag, length and value must fit exactly."""
+    data = path.read_bytes()
+    fix = "the model directory is corrupt: run `cassava model fetch --force` to install it again"
+    if not data:
+        raise ModelLoadError(f"{path} is empty (0 bytes); {fix}")
+    pos = 0
+    try:
+        while pos < len(data):
+            key, pos = _varint(data, pos)
+            number, wire = key >> 3, key & 7
+            if number == 0 or (fields is not None and number not in fields):
+                raise ValueError(f"unexpected field {number} at byte {pos:,}")
+            if wire == 0:
+                _, pos = _varint(data, pos)
+            elif wire == 2:
+                size, pos = _varint(data, pos)
+                pos += size
+            elif wire in (1, 5):
+                pos += 8 if wire == 1 else 4
+            else:
+                raise ValueError(f"wire type {wire} at byte {pos:,}")
+            if pos > len(data):
+                raise ValueError(
+                    f"a field runs {pos - len(data):,} bytes past the end: the file is truncated"
+                )
+    except ValueError as err:
+        raise ModelLoadError(
+            f"{path} ({len(data):,} bytes) is not a valid protobuf file ({err}); {fix}"
+        ) from None
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    for i in range(pos, min(pos + 10, len(data))):
+        value |= (data[i] & 0x7F) << shift
+        shift += 7
+        if data[i] < 0x80:
+            return value, i + 1
+    raise ValueError(f"a malformed or truncated varint at byte {pos:,}")
 
 
 def verify_model_dir(model_dir: Path) -> None:
@@ -225,7 +291,12 @@ def _unpack(archive: Path, into: Path) -> None:
         with tarfile.open(archive, "r:*") as tar:
             # The "data" filter refuses absolute paths, `..`, links out of the tree and device files.
             tar.extractall(into, filter="data")
-    except (tarfile.TarError, OSError, EOFError) as err:
+            # extractall stops at the tar end marker, before the gzip trailer: only reading on to the
+            # end checks the CRC. Without it, bytes damaged in transit unpack silently into garbled
+            # weights that still load and still return probabilities.
+            while tar.fileobj is not None and tar.fileobj.read(1 << 20):
+                pass
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
         raise FetchError(f"{archive} is not a readable .tar.gz archive: {err}") from err
 
 

@@ -13,16 +13,25 @@ from typing import Any
 
 from cassava.contract import GRPC_MAX_MESSAGE_LENGTH, INPUT_SPECS, MODEL_NAME, OUTPUT_SPECS
 
+# One inference worker, adaptive batching off (no `max_batch_size`/`max_batch_time` in model-settings)
+# and the backend's own thread count (all cores). On a quiet 2-core machine 0/1/2 workers perform
+# alike; under CPU contention 0 workers fell far behind, and batching costs single-image latency
+# (docs/performance.md, "Why the defaults are what they are").
 DEFAULT_PARALLEL_WORKERS = 1
 
 
-def model_settings(extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def model_settings(
+    extra: dict[str, Any] | None = None, options: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """model-settings.json: `extra` becomes `parameters.extra` (cassava's options), `options` are
+    MLServer's own model settings, such as adaptive batching's `max_batch_size` and `max_batch_time`."""
     settings: dict[str, Any] = {
         "name": MODEL_NAME,
         "implementation": "cassava.runtime.CassavaRuntime",
         "inputs": [{"name": n, "datatype": d, "shape": list(s)} for n, d, s in INPUT_SPECS],
         "outputs": [{"name": n, "datatype": d, "shape": list(s)} for n, d, s in OUTPUT_SPECS],
     }
+    settings.update({k: v for k, v in (options or {}).items() if v is not None})
     if extra:
         settings["parameters"] = {"extra": extra}
     return settings
@@ -42,9 +51,11 @@ def write_model_folder(
     *,
     extra: dict[str, Any] | None = None,
     server: dict[str, Any] | None = None,
+    options: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a folder that `mlserver start FOLDER` serves."""
+    """Write a folder that `mlserver start FOLDER` serves (`options`: see `model_settings`)."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "model-settings.json").write_text(json.dumps(model_settings(extra), indent=2) + "\n")
+    settings = model_settings(extra, options)
+    (folder / "model-settings.json").write_text(json.dumps(settings, indent=2) + "\n")
     (folder / "settings.json").write_text(json.dumps(server_settings(**(server or {})), indent=2) + "\n")
     return folder

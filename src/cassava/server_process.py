@@ -1,4 +1,5 @@
-"""Start `mlserver start FOLDER` as a child process on free ports, wait until ready, stop it by PID.
+"""Start `python -m cassava.launcher FOLDER` (`mlserver start FOLDER` with cassava's reliability fixes)
+as a child process on free ports, wait until ready, stop it by PID.
 
 Used by the tests, the benchmark matrix and the soak runs, so all of them exercise the same command a
 container runs. Every wait is bounded in time.
@@ -56,10 +57,14 @@ class ServerProcess:
         extra: dict[str, Any] | None = None,
         server: dict[str, Any] | None = None,
         env: dict[str, str] | None = None,
+        options: dict[str, Any] | None = None,
     ) -> ServerProcess:
-        """Write a model folder under `workdir` that serves `model_dir`, ready to start."""
-        options = {"model_dir": str(model_dir), **(extra or {})}
-        folder = write_model_folder(workdir / "model", extra=options, server=server)
+        """Write a model folder under `workdir` that serves `model_dir`, ready to start.
+
+        `extra`: cassava's runtime options; `server`: settings.json; `options`: MLServer's own model
+        settings (adaptive batching's `max_batch_size`, `max_batch_time`)."""
+        extra = {"model_dir": str(model_dir), **(extra or {})}
+        folder = write_model_folder(workdir / "model", extra=extra, server=server, options=options)
         return cls(folder=folder, env=env or {}, log_path=workdir / "mlserver.log")
 
     @property
@@ -80,8 +85,8 @@ class ServerProcess:
         return self.process.pid
 
     def command(self) -> list[str]:
-        mlserver = Path(sys.executable).with_name("mlserver")
-        return [str(mlserver), "start", str(self.folder)]
+        # `mlserver start FOLDER` with cassava's reliability fixes (cassava.launcher), as in the container.
+        return [sys.executable, "-m", "cassava.launcher", str(self.folder)]
 
     def child_env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -92,6 +97,9 @@ class ServerProcess:
                 "MLSERVER_GRPC_PORT": str(self.grpc_port),
                 "MLSERVER_METRICS_PORT": str(self.metrics_port),
                 "MLSERVER_HOST": "127.0.0.1",
+                # MLServer's default is ./.metrics, shared by every server started from the same
+                # directory: each then exports the others' counts and deletes their files on exit.
+                "MLSERVER_METRICS_DIR": str(self.folder.parent / f"metrics-{self.http_port}"),
             }
         )
         env.update(self.env)

@@ -34,6 +34,18 @@ class CassavaSettings(BaseSettings):
     inference_threads: int = Field(
         default=0, ge=0, description="Threads the backend uses for one inference; 0 = its default."
     )
+    shutdown_grace_seconds: float = Field(
+        default=20.0,
+        gt=0,
+        le=3600,
+        description="After SIGTERM, how long in-flight requests may take before they are cut off "
+        "(`cassava.launcher`). Keep it below the pod's terminationGracePeriodSeconds (default 30).",
+    )
+    fast_decode: bool = Field(
+        default=False,
+        description="Decode large JPEGs at 1/2-1/8 scale (libjpeg DCT scaling): faster, but approximate "
+        "pixels; see docs/performance.md for its measured agreement with the exact path.",
+    )
 
     @classmethod
     def settings_customise_sources(

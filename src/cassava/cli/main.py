@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cassava.cli import model, serve
+from cassava.cli import bench, build, deploy, infer, model, predict, serve
 
 app = typer.Typer(
     name="cassava",
@@ -18,3 +18,8 @@ app.add_typer(model.app, name="model")
 app.command()(serve.serve)
 
 # Commands added by their own modules register below, one line each.
+app.command()(predict.predict)
+app.command()(infer.infer)
+app.command()(build.build)
+app.add_typer(deploy.app, name="deploy")
+app.command()(bench.bench)

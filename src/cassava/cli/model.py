@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-from cassava.cli._common import console, reports_errors, warn_untrained
+from cassava.cli._common import console, err_console, fail, reports_errors, warn_untrained
+from cassava.export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, PARITY_TOLERANCE
 
 app = typer.Typer(help="Fetch the CropNet model, or write an untrained stand-in.", no_args_is_help=True)
 
@@ -69,3 +71,34 @@ def path() -> None:
     from cassava.model_store import default_model_dir
 
     typer.echo(default_model_dir())
+
+
+@app.command()
+@reports_errors
+def export(
+    fmt: str = typer.Option("onnx", "--format", help="Export format. Only `onnx` (for `--backend onnx`)."),
+    model: Path = typer.Option(None, "--model", help="Model directory. Default: the cache's model."),
+    opset: int = typer.Option(DEFAULT_OPSET, help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET}."),
+    tolerance: float = typer.Option(
+        PARITY_TOLERANCE,
+        min=0.0,
+        help="Largest difference from TensorFlow's probabilities allowed on the probe images.",
+    ),
+) -> None:
+    """Export the SavedModel to model.onnx in the same directory, checked against TensorFlow."""
+    from cassava import export as exporter
+    from cassava.model_store import resolve_model_dir
+
+    if fmt != "onnx":
+        raise fail(f"--format {fmt!r} is not supported; the only export format is 'onnx'")
+    model_dir = resolve_model_dir(model)
+    where = escape(str(model_dir))
+    console.print(f"exporting [bold]{where}[/] to ONNX (opset {opset}); this takes up to a minute")
+    result = exporter.export(model_dir, opset=opset, tolerance=tolerance)
+    wrote = f"{escape(str(result.path))}[/] ({result.path.stat().st_size:,} bytes)"
+    console.print(f"[green]✓[/] wrote [bold]{wrote} in {result.seconds:.0f} s")
+    console.print(f"parity with TensorFlow: {result.parity.summary()}", highlight=False)
+    for warning in result.warnings:
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
+    console.print("serve it with `cassava serve --backend onnx` (or CASSAVA_BACKEND=onnx)")
+    warn_untrained(result.info.warning)

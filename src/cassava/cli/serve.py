@@ -1,8 +1,10 @@
-"""`cassava serve`: run MLServer on the cassava model, the same `mlserver start` a container runs."""
+"""`cassava serve`: run MLServer on the cassava model through `cassava.launcher`, as a container does."""
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -37,8 +39,6 @@ def serve(
     extra: dict[str, object] = {"model_dir": str(model_dir), "backend": backend}
     if max_batch_size is not None:
         extra["max_batch_size"] = max_batch_size
-    folder = Path(tempfile.mkdtemp(prefix="cassava-serve-")) / "cassava"
-    write_model_folder(folder, extra=extra, server={"parallel_workers": workers})
     env = dict(os.environ)
     env.update(
         MLSERVER_HOST=host,
@@ -46,9 +46,27 @@ def serve(
         MLSERVER_GRPC_PORT=str(grpc_port),
         MLSERVER_METRICS_PORT=str(metrics_port),
     )
-    console.print(
-        f"serving [bold]{model_dir}[/] ({backend}) — REST http://{host}:{http_port}, "
-        f"gRPC {host}:{grpc_port}, metrics :{metrics_port}/metrics"
-    )
-    mlserver = str(Path(sys.executable).with_name("mlserver"))
-    os.execvpe(mlserver, [mlserver, "start", str(folder)], env)
+    with tempfile.TemporaryDirectory(prefix="cassava-serve-") as scratch:
+        folder = Path(scratch) / "cassava"
+        write_model_folder(folder, extra=extra, server={"parallel_workers": workers})
+        console.print(
+            f"serving [bold]{model_dir}[/] ({backend}) — REST http://{host}:{http_port}, "
+            f"gRPC {host}:{grpc_port}, metrics :{metrics_port}/metrics"
+        )
+        # `mlserver start` with cassava's reliability fixes (bounded bodies, draining shutdown, exit
+        # codes), as a child so that its generated folder is removed afterwards.
+        code = _run_forwarding_signals([sys.executable, "-m", "cassava.launcher", str(folder)], env)
+    raise typer.Exit(code)
+
+
+def _run_forwarding_signals(command: list[str], env: dict[str, str]) -> int:
+    """Run `command` until it exits, passing on the signals that stop a server (a process manager sends
+    them to this PID only; Ctrl-C reaches both, and the launcher ignores a second signal)."""
+    child = subprocess.Popen(command, env=env)
+    forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)
+    previous = {sig: signal.signal(sig, lambda sig, _frame: child.send_signal(sig)) for sig in forwarded}
+    try:
+        return child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
