@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -30,14 +29,9 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, demo_model_dir: Path) -> Iterator[ServerProcess]:
-    workdir = tmp_path_factory.mktemp("metrics-server")
-    with ServerProcess.for_model(
-        workdir,
-        model_dir=demo_model_dir,
-        server={"parallel_workers": 1, "metrics_dir": str(workdir / "prometheus")},
-    ) as running:
-        yield running
+def server(standin_server: ServerProcess) -> ServerProcess:
+    """The shared stand-in server: every assertion below is on the change between two scrapes."""
+    return standin_server
 
 
 def scrape(server: ServerProcess) -> Samples:
@@ -113,7 +107,7 @@ def test_metrics_count_exactly_what_the_worker_did(server: ServerProcess, sample
     # Our series were written by the worker, not the server process: the multiprocess files carry PIDs.
     pids = {
         int(m.group(1))
-        for f in (server.folder.parent / "prometheus").glob("*.db")
+        for f in Path(server.child_env()["MLSERVER_METRICS_DIR"]).glob("*.db")
         if (m := re.search(r"_(\d+)\.db$", f.name))
     }
     assert pids - {server.pid}, f"only the server process ({server.pid}) wrote metrics: {pids}"

@@ -11,7 +11,9 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 from cassava.cli._common import console, err_console, fail, reports_errors, warn_untrained
 from cassava.export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, PARITY_TOLERANCE
 
-app = typer.Typer(help="Fetch the CropNet model, or write an untrained stand-in.", no_args_is_help=True)
+app = typer.Typer(
+    help="Fetch the CropNet model, write an untrained stand-in, or export it to ONNX.", no_args_is_help=True
+)
 
 
 @app.command()
