@@ -1,4 +1,4 @@
-"""What every command shares: the console, error reporting and the untrained-model warning."""
+"""What every command shares: the console, error reporting, the untrained-model warning, the TFDS options."""
 
 from __future__ import annotations
 
@@ -14,6 +14,12 @@ from cassava.errors import CassavaError
 
 console = Console()
 err_console = Console(stderr=True)
+
+# The `--dataset` options of `cassava predict` and `cassava infer`, declared once so both read the same.
+TFDS_SPLIT = typer.Option("validation", help="TFDS split (with --dataset): train, validation, test.")
+TFDS_COUNT = typer.Option(9, min=1, help="How many TFDS examples (with --dataset).")
+TFDS_SEED = typer.Option(0, min=-1, help="Seed of the choice of TFDS examples; -1: different each run.")
+TFDS_DATA_DIR = typer.Option(None, "--data-dir", help="TFDS data folder (with --dataset). Default: TFDS's.")
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -14,7 +14,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 import typer
 
-from cassava.cli._common import console, err_console, fail, reports_errors, warn_untrained
+from cassava.cli._common import (
+    TFDS_COUNT,
+    TFDS_DATA_DIR,
+    TFDS_SEED,
+    TFDS_SPLIT,
+    console,
+    err_console,
+    fail,
+    reports_errors,
+    warn_untrained,
+)
 from cassava.cli._results import prediction_record, prediction_table
 from cassava.settings import Backend
 
@@ -31,14 +41,10 @@ def predict(
     dataset: bool = typer.Option(
         False, "--dataset", help="Classify random examples of the TFDS `cassava` dataset instead of files."
     ),
-    split: str = typer.Option("validation", help="TFDS split (with --dataset): train, validation, test."),
-    count: int = typer.Option(9, min=1, help="How many TFDS examples (with --dataset)."),
-    seed: int = typer.Option(
-        0, min=-1, help="Seed of the choice of TFDS examples; -1 picks different ones each run."
-    ),
-    data_dir: Path = typer.Option(
-        None, "--data-dir", help="TFDS data folder (with --dataset). Default: TFDS's own."
-    ),
+    split: str = TFDS_SPLIT,
+    count: int = TFDS_COUNT,
+    seed: int = TFDS_SEED,
+    data_dir: Path = TFDS_DATA_DIR,
     model: Path = typer.Option(None, "--model", help="Model directory. Default: the cache's model."),
     backend: Backend = typer.Option("tensorflow", help="Inference backend."),
     plot: Path = typer.Option(None, "--plot", help="Also draw the images and predictions into this PNG."),
