@@ -11,12 +11,12 @@ LOCK   := requirements/dev.lock
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
+# --compile-bytecode: with PYTHONDONTWRITEBYTECODE set (common on CI and in images) Python would
+# otherwise recompile MLServer, pandas and TensorFlow at every start: `import mlserver` 6 s -> 2 s.
 $(BIN)/.installed: pyproject.toml $(LOCK)
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) (set PYTHON=...)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check uv==0.13.9
-	# Bytecode now, not at each import: with PYTHONDONTWRITEBYTECODE set (common on CI and in images)
-	# Python would recompile MLServer, pandas and TensorFlow on every start; `import mlserver` 6 s -> 2 s.
 	$(BIN)/uv pip sync --quiet --compile-bytecode -p $(BIN)/python $(LOCK)
 	$(BIN)/uv pip install --quiet -p $(BIN)/python --no-deps -e .
 	@touch $@
