@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -187,3 +188,19 @@ def test_an_unreachable_server_is_named(image: Path, transport: str) -> None:
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert f"127.0.0.1:{port}" in line
     assert "cannot reach" in line
+
+
+def test_serve_passes_a_sigterm_on_and_removes_its_generated_folder(demo_dir: Path, tmp_path: Path) -> None:
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    server = CassavaServe(
+        folder=tmp_path, model_dir=demo_dir, env={"TMPDIR": str(scratch)}, log_path=tmp_path / "serve.log"
+    )
+    with server:
+        assert len(list(scratch.glob("cassava-serve-*"))) == 1
+        assert server.process is not None
+        # To this PID only, as a process manager does (Ctrl-C would reach the whole group).
+        os.kill(server.pid, signal.SIGTERM)
+        code = server.process.wait(COMMAND_TIMEOUT)
+    assert code == 0, server.log_tail()
+    assert list(scratch.glob("cassava-serve-*")) == []
