@@ -372,3 +372,19 @@ def test_matrix_targets_and_markdown_come_from_the_results() -> None:
     assert "![" in page
     assert "87.5%" in page  # fast_decode agreement
     assert page.count("| yes |") >= 4
+
+
+def test_backends_are_compared_on_the_model_alone_when_measured() -> None:
+    from cassava.bench_matrix import render, targets
+
+    results = fake_results()
+    results["model_only"] = [
+        {"backend": "tensorflow", "batch": 16, "calls": 20, "images_per_s": 60.0, "p50_ms": 266.0},
+        {"backend": "onnx", "batch": 16, "calls": 50, "images_per_s": 150.0, "p50_ms": 106.0},
+    ]
+    speedup = {t["name"]: t for t in targets(results)}["best backend in-process, batch 16, vs TensorFlow"]
+    assert speedup["value"] == pytest.approx(2.5)  # not the 3.0 of the whole-pipeline figures
+    assert "(model only)" in speedup["detail"]
+    results["targets"] = targets(results)
+    results["defaults"] = {}
+    assert "| onnx | 16 | 150" in render(results, "img/performance.png")
