@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1.7
 #
-# The cassava model server: MLServer 1.7.1 + cassava.runtime.CassavaRuntime + the CropNet weights, CPU only.
+# The cassava model server: MLServer 1.7.1 + cassava.server.runtime.CassavaRuntime + the CropNet weights, CPU only.
 # docs/deploy.md explains every choice; `cassava build` passes the build args for you.
 #
 #   docker build -t cassava:0.1.0 .                                          # CropNet from TF Hub
@@ -42,6 +42,8 @@ RUN case "${BACKEND}" in tensorflow|onnx) ;; \
         -r "requirements/runtime-${BACKEND}.lock"
 COPY pyproject.toml README.md ./
 COPY src/ src/
+# The wheel carries the manifests for `cassava deploy render` (pyproject's force-include).
+COPY deploy/ deploy/
 RUN echo "hatchling==${HATCHLING_VERSION}" > /tmp/build-constraints.txt \
  && PIP_CONSTRAINT=/tmp/build-constraints.txt pip wheel --no-deps --wheel-dir /wheels . \
  && pip --python /opt/venv/bin/python install --no-deps /wheels/cassava_serving-*.whl
@@ -49,7 +51,8 @@ RUN echo "hatchling==${HATCHLING_VERSION}" > /tmp/build-constraints.txt \
 
 # ---- weights: fetch (or demo) and verify the model at build time, so pods need no network ------------
 # Always TensorFlow: `cassava model fetch` proves the SavedModel loads and maps [N,224,224,3] -> [N,6].
-# The ONNX export also needs tf2onnx, which only the dev lock has; this stage is thrown away either way.
+# fetch.lock = TensorFlow + the command line + the ONNX exporter (tf2onnx): the tools this stage runs,
+# which the server image does not carry; the stage is thrown away.
 FROM python AS weights
 ARG BACKEND=tensorflow
 ARG MODEL_SOURCE=""
@@ -59,12 +62,10 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     TF_CPP_MIN_LOG_LEVEL=2
 WORKDIR /src
-COPY requirements/runtime-tensorflow.lock requirements/dev.lock requirements/
+COPY requirements/fetch.lock requirements/
 COPY --from=builder /wheels/ /wheels/
-RUN lock=requirements/runtime-tensorflow.lock \
- && if [ "${BACKEND}" = onnx ]; then lock=requirements/dev.lock; fi \
- && python -m venv /opt/fetch \
- && /opt/fetch/bin/pip install --no-deps --require-hashes -r "${lock}" \
+RUN python -m venv /opt/fetch \
+ && /opt/fetch/bin/pip install --no-deps --require-hashes -r requirements/fetch.lock \
  && /opt/fetch/bin/pip install --no-deps /wheels/cassava_serving-*.whl
 COPY --from=model-source / /src/model-source/
 # MODEL_SOURCE: empty = CropNet from TF Hub; http(s) URL; a .tar.gz or SavedModel dir inside the
@@ -134,9 +135,9 @@ EXPOSE 8080 8081 8082
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/v2/health/ready' % os.environ.get('MLSERVER_HTTP_PORT', '8080'), timeout=4)"]
 
-# `mlserver start FOLDER` through cassava.launcher: MLServer's own server, plus a preflight that fails in
+# `mlserver start FOLDER` through cassava.server.launcher: MLServer's own server, plus a preflight that fails in
 # seconds on a missing model, bounded request bodies and a draining SIGTERM (docs/reliability.md). CMD is
 # the model folder, so a platform only changes `args`; Seldon Core 2, whose agent fills an empty model
 # folder at run time, sets `command: [mlserver, start]` instead (deploy/overlays/seldon-core-v2).
-ENTRYPOINT ["python", "-m", "cassava.launcher"]
+ENTRYPOINT ["python", "-m", "cassava.server.launcher"]
 CMD ["/opt/cassava/model"]

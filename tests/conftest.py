@@ -14,13 +14,16 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
+from cassava.bench.images import leaf_pixels
 from cassava.export import PARITY_TOLERANCE, ExportResult, export
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# rich wraps the CLI's output at the terminal width (80 columns without a terminal): a long temporary
+# path would be cut mid-word and no longer match. Set before any console is created.
+os.environ["COLUMNS"] = "250"
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 SYNTHETIC_CROPNET = SHARED / "models" / "cropnet-graph-synthetic"
@@ -43,17 +46,9 @@ def cropnet_graph_dir() -> Path:
 
 
 def make_leaf_image(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
-    """A smooth, varied RGB image: different seeds give clearly different colours and layouts."""
-    rng = np.random.default_rng(seed)
-    w, h = size
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    channels = []
-    for _ in range(3):
-        fx, fy, phase = rng.uniform(0.002, 0.03), rng.uniform(0.002, 0.03), rng.uniform(0, 6.3)
-        base = rng.uniform(40, 215)
-        channels.append(base + 40 * np.sin(fx * xx + fy * yy + phase))
-    pixels = np.clip(np.stack(channels, axis=2), 0, 255).astype(np.uint8)
-    return Image.fromarray(pixels, "RGB")
+    """A smooth, varied RGB image (the bench's generator without blotches and grain): different seeds
+    give clearly different colours and layouts."""
+    return Image.fromarray(leaf_pixels(size, seed=seed, detail=False), "RGB")
 
 
 def encode(image: Image.Image, fmt: str = "JPEG", **kwargs: object) -> bytes:

@@ -12,7 +12,9 @@ which the server decodes. gRPC carries raw bytes.
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal
@@ -29,13 +31,29 @@ from cassava.contract import (
     TENSOR_INPUT,
 )
 from cassava.errors import CassavaError
-from cassava.labels import LABELS
+from cassava.pipeline import BatchResult
 
 Transport = Literal["rest", "grpc"]
 
 
 class InferenceRequestError(CassavaError):
     """The server answered with an error (its message is kept), or could not be reached."""
+
+    def __init__(self, message: str, status: str = "") -> None:
+        super().__init__(message)
+        #: the HTTP status ("400", "503") or gRPC code ("StatusCode.INVALID_ARGUMENT"); "" when none came
+        self.status = status
+
+    @property
+    def retryable(self) -> bool:
+        """Worth sending again: nothing answered, or the server said it is briefly unavailable. A
+        4xx is the request's own fault and fails the same way every time."""
+        return isinstance(self, ServerUnreachableError) or self.status in _RETRYABLE_STATUSES
+
+    @property
+    def rejected_input(self) -> bool:
+        """The server refused the request's content (HTTP 400 / INVALID_ARGUMENT)."""
+        return self.status in ("400", "StatusCode.INVALID_ARGUMENT")
 
 
 class ServerUnreachableError(InferenceRequestError):
@@ -46,16 +64,9 @@ class ServerUnreachableError(InferenceRequestError):
 # stops at field 5, so protobuf keeps them as unknown fields. Same entry type as ModelInferResponse's.
 _GRPC_METADATA_PARAMETERS_FIELD = 6
 _UNREACHABLE_GRPC_STATUSES = frozenset({"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED"})
-
-
-@dataclass(frozen=True)
-class RemoteResult:
-    indices: np.ndarray  # int64 [N]
-    probabilities: np.ndarray  # float32 [N, 6]
-
-    @property
-    def codes(self) -> list[str]:
-        return [LABELS[int(i)].code for i in self.indices]
+# 503: MLServer while a worker is replaced or the server drains (cassava.server.app), and what an
+# ingress answers while no pod is ready. gRPC's twin, UNAVAILABLE, is already "unreachable".
+_RETRYABLE_STATUSES = frozenset({"503"})
 
 
 @dataclass(frozen=True)
@@ -120,11 +131,47 @@ def _set_data(inp: Any, data: np.ndarray, transport: Transport) -> None:
         inp.set_data_from_numpy(data, binary_data=False)
 
 
+@dataclass(frozen=True)
+class Retry:
+    """How often, and how patiently, a request is sent again after a retryable failure
+    (`InferenceRequestError.retryable`): exponential backoff with full jitter, so that clients
+    that failed together do not come back together."""
+
+    attempts: int = 4  # in all, the first included
+    first_delay_s: float = 0.25
+    max_delay_s: float = 8.0
+
+    def delays(self) -> list[float]:
+        return [
+            random.uniform(0, min(self.max_delay_s, self.first_delay_s * 2**n))
+            for n in range(max(0, self.attempts - 1))
+        ]
+
+
+NO_RETRY = Retry(attempts=1)
+
+
 class CassavaClient:
-    def __init__(self, target: str, *, model: str = MODEL_NAME, timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        target: str,
+        *,
+        model: str = MODEL_NAME,
+        timeout: float = 60.0,
+        headers: Mapping[str, str] | None = None,
+        retry: Retry = NO_RETRY,
+        on_retry: Callable[[InferenceRequestError, float], None] | None = None,
+    ) -> None:
+        """`headers` go with every call (REST headers, gRPC metadata): what an ingress routes on
+        (`Seldon-Model`, `Host`) or authenticates with (`Authorization`). `on_retry(error, delay)` is
+        told about each retry before its wait."""
         self.target = Target.parse(target)
         self.model = model
         self.timeout = timeout
+        # gRPC metadata keys must be lower case; HTTP header names are case-insensitive anyway.
+        self.headers = {name.lower(): value for name, value in (headers or {}).items()}
+        self.retry = retry
+        self.on_retry = on_retry
         if self.target.transport == "grpc":
             import tritonclient.grpc as grpcclient
 
@@ -166,18 +213,15 @@ class CassavaClient:
 
     def is_ready(self) -> bool:
         try:
-            return bool(self._client.is_model_ready(self.model, **self._call_timeout()))
+            return bool(self._client.is_model_ready(self.model, **self._call_kwargs()))
         except Exception:
             return False
 
     def metadata(self) -> dict[str, Any]:
         """`GET /v2/models/cassava`, or its gRPC twin, as the REST JSON dict (with `parameters`)."""
-        try:
-            if self.target.transport == "rest":
-                return dict(self._client.get_model_metadata(self.model))
-            message = self._client.get_model_metadata(self.model, **self._call_timeout())
-        except Exception as err:
-            raise _request_error(err) from err
+        message = self._call(self._client.get_model_metadata, self.model, **self._call_kwargs())
+        if self.target.transport == "rest":
+            return dict(message)
         from google.protobuf.json_format import MessageToDict
 
         metadata: dict[str, Any] = MessageToDict(message, preserving_proto_field_name=True)
@@ -188,33 +232,46 @@ class CassavaClient:
             metadata["parameters"] = parameters
         return metadata
 
-    def _call_timeout(self) -> dict[str, Any]:
-        # Without a deadline a gRPC call to an address that accepts but never answers waits ~20 s.
-        return {"client_timeout": self.timeout} if self.target.transport == "grpc" else {}
+    def _call_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"headers": self.headers} if self.headers else {}
+        if self.target.transport == "grpc":
+            # Without a deadline a gRPC call to an address that accepts but never answers waits ~20 s.
+            kwargs["client_timeout"] = self.timeout
+        return kwargs
+
+    def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """`method(*args, **kwargs)`, sent again after each retryable failure while `retry` allows."""
+        delays = self.retry.delays()
+        while True:
+            try:
+                return method(*args, **kwargs)
+            except Exception as err:  # tritonclient raises InferenceServerException and transport errors
+                error = _request_error(err)
+                if not (error.retryable and delays):
+                    raise error from err
+            delay = delays.pop(0)
+            if self.on_retry is not None:
+                self.on_retry(error, delay)
+            time.sleep(delay)
 
     # -- inference ---------------------------------------------------------------------------------
 
-    def classify_images(self, images: Sequence[bytes]) -> RemoteResult:
+    def classify_images(self, images: Sequence[bytes]) -> BatchResult:
         """Send encoded image files; the server decodes and preprocesses them."""
         return self._infer(images_input(self._lib, images, self.target.transport))
 
-    def classify_tensor(self, batch: np.ndarray) -> RemoteResult:
+    def classify_tensor(self, batch: np.ndarray) -> BatchResult:
         """Send a preprocessed float32 [N, 224, 224, 3] tensor, the seed's request."""
         return self._infer(tensor_input(self._lib, batch, self.target.transport))
 
-    def _infer(self, inp: Any) -> RemoteResult:
-        kwargs: dict[str, Any] = {}
+    def _infer(self, inp: Any) -> BatchResult:
+        kwargs = self._call_kwargs()
         if self.target.transport == "rest":
             kwargs["outputs"] = rest_outputs(self._lib)
-        else:
-            kwargs.update(self._call_timeout())
-        try:
-            response = self._client.infer(self.model, [inp], **kwargs)
-        except Exception as err:  # tritonclient raises InferenceServerException and transport errors
-            raise _request_error(err) from err
+        response = self._call(self._client.infer, self.model, [inp], **kwargs)
         indices = np.asarray(response.as_numpy(OUTPUT_INDEX)).reshape(-1).astype(np.int64)
         probabilities = np.asarray(response.as_numpy(OUTPUT_PROBABILITIES), dtype=np.float32)
-        return RemoteResult(indices=indices, probabilities=probabilities.reshape(len(indices), -1))
+        return BatchResult(indices=indices, probabilities=probabilities.reshape(len(indices), -1))
 
 
 def _server_message(err: Exception) -> str:
@@ -227,8 +284,8 @@ def _request_error(err: Exception) -> InferenceRequestError:
     # tritonclient.grpc wraps them in InferenceServerException with the gRPC status.
     status = str(err.status()) if hasattr(err, "status") and callable(err.status) else ""
     if isinstance(err, OSError) or status in _UNREACHABLE_GRPC_STATUSES:
-        return ServerUnreachableError(_server_message(err) or type(err).__name__)
-    return InferenceRequestError(_server_message(err))
+        return ServerUnreachableError(_server_message(err) or type(err).__name__, status)
+    return InferenceRequestError(_server_message(err), status)
 
 
 def _grpc_metadata_parameters(message: Any) -> dict[str, Any]:

@@ -1,8 +1,10 @@
-"""Inputs for `cassava predict` and `cassava infer`: image files and folders, or the TFDS `cassava` split.
+"""Inputs for `cassava predict`, `infer` and `evaluate`: image files and folders, or the TFDS `cassava`
+split, read lazily as a `Source` so that a folder of any size streams through in bounded memory.
 
-Every image is decoded by `cassava.preprocessing.decode_image`, the decoder the server uses, so what
-is plotted is exactly what the model is given. `Example.encoded` keeps the file bytes themselves: they
-are what a client sends and what `Classifier.classify_images` classifies.
+`Example.encoded` keeps the file bytes themselves: they are what a client sends and what the pipeline
+classifies. Pixels (`Example.image`, for plots) are decoded on demand by
+`cassava.preprocessing.decode_image`, the decoder the server uses, so what is plotted is exactly what
+the model is given. A file that cannot be read becomes a `Skipped`, with the reason.
 
 Labels: a TFDS example carries its own. A file gets one when its folder is named after a class code
 (`cbb/`, `cbsd/`, `cgm/`, `cmd/`, `healthy/`, the layout the TFDS download unpacks to), so a sorted
@@ -11,7 +13,7 @@ folder of photos can be scored too.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Container, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,8 @@ import numpy as np
 
 from cassava.errors import DatasetError
 from cassava.labels import DATASET_CODES
-from cassava.preprocessing import Limits, decode_image
+from cassava.preprocessing import decode_image
+from cassava.settings import CassavaSettings
 
 TFDS_NAME = "cassava"
 #: Extensions picked up when a directory is given; a file named explicitly is tried whatever its name.
@@ -31,29 +34,70 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", 
 @dataclass(frozen=True)
 class Example:
     name: str  # file path, or "validation[123]" for TFDS
-    image: np.ndarray  # uint8 RGB [H, W, 3], upright
     encoded: bytes  # the encoded image file, as a client would send it
     label: int | None  # class index (cassava.labels) when known
+
+    @property
+    def image(self) -> np.ndarray:
+        """uint8 RGB [H, W, 3], upright, decoded on each access by the server's decoder: examples
+        stream through the commands by the thousand, and only the few that are plotted need pixels."""
+        return decode_image(self.encoded, CassavaSettings().limits(), where=self.name)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An input that was not classified, and why (its message names it)."""
+
+    name: str
+    reason: str
+
+
+@dataclass
+class Source:
+    """Examples read lazily, and how many there will be (for a progress bar; None when unknown)."""
+
+    items: Iterator[Example | Skipped]
+    total: int | None
 
 
 # --- files -----------------------------------------------------------------------------------------
 
 
-def load_files(paths: Sequence[Path]) -> list[Example]:
-    """Image files and directories (searched recursively, sorted) -> examples, in the order given.
-
-    Every image is decoded here, so a file that is not an image fails before the model is loaded.
-    """
+def files_source(paths: Sequence[Path], *, skip: Container[str] = ()) -> Source:
+    """Image files and directories (searched recursively, sorted) -> examples, in the order given,
+    each file read when it is reached. A file that cannot be read is a `Skipped`; names in `skip`
+    (already done, e.g. by `--resume`) are left out. Missing paths fail here, before any work."""
     if not paths:
         raise DatasetError("no input images; give image files or directories (or use --dataset)")
-    limits = Limits()
-    examples: list[Example] = []
-    for path in paths:
-        for file in _image_files(Path(path)):
-            encoded = _read(file)
-            image = decode_image(encoded, limits, where=str(file))
-            examples.append(Example(str(file), image, encoded, _label_from_folder(file)))
+    files = [file for file in image_files(paths) if str(file) not in skip]
+    return Source(_read_files(files), len(files))
+
+
+def load_files(paths: Sequence[Path]) -> list[Example]:
+    """Every image of `paths` read at once; the first unreadable one raises. For a handful of files:
+    the commands stream with `files_source` instead."""
+    examples = []
+    for item in files_source(paths).items:
+        if isinstance(item, Skipped):
+            raise DatasetError(item.reason)
+        examples.append(item)
     return examples
+
+
+def _read_files(files: Iterable[Path]) -> Iterator[Example | Skipped]:
+    for file in files:
+        try:
+            encoded = read_image_file(file)
+        except DatasetError as err:
+            yield Skipped(str(file), str(err))
+            continue
+        yield Example(str(file), encoded, _label_from_folder(file))
+
+
+def image_files(paths: Sequence[Path]) -> list[Path]:
+    """The image files among `paths`, in the order given: a file as is, a directory's images searched
+    recursively and sorted. The one folder walk of every command (predict, infer, bench)."""
+    return [file for path in paths for file in _image_files(Path(path))]
 
 
 def _image_files(path: Path) -> list[Path]:
@@ -79,7 +123,7 @@ def _image_files(path: Path) -> list[Path]:
     return found
 
 
-def _read(file: Path) -> bytes:
+def read_image_file(file: Path) -> bytes:
     try:
         return file.read_bytes()
     except OSError as err:
@@ -104,6 +148,43 @@ def load_tfds(
     """
     if count < 1:
         raise DatasetError(f"count is {count}; ask for at least one example")
+    records, _ = _tfds_records(split, data_dir)
+    picked = _sample(records, count, np.random.default_rng(seed))
+    if not picked:
+        raise DatasetError(f"split {split!r} of TFDS {TFDS_NAME!r} holds no examples")
+    return [_tfds_example(split, index, record) for index, record in picked]
+
+
+def tfds_source(
+    split: str = "test",
+    count: int | None = None,
+    seed: int | None = 0,
+    data_dir: Path | None = None,
+    *,
+    skip: Container[str] = (),
+) -> Source:
+    """A TFDS `cassava` split as a stream: the whole split in order (`count=None`), or `count` random
+    examples as `load_tfds` draws them. Names in `skip` are left out."""
+    if count is not None:
+        examples = [e for e in load_tfds(split, count, seed, data_dir) if e.name not in skip]
+        return Source(iter(examples), len(examples))
+    records, total = _tfds_records(split, data_dir)
+    items: Iterator[Example | Skipped] = (
+        example
+        for index, record in records
+        if (example := _tfds_example(split, index, record)).name not in skip
+    )
+    return Source(items, total)
+
+
+def _tfds_example(split: str, index: int, record: dict[str, Any]) -> Example:
+    return Example(f"{split}[{index}]", bytes(record["image"]), int(record["label"]))
+
+
+def _tfds_records(
+    split: str, data_dir: Path | None
+) -> tuple[Iterator[tuple[int, dict[str, Any]]], int | None]:
+    """The numbered records of a split, still JPEG-encoded, and how many there are."""
     import tensorflow_datasets as tfds
 
     builder = tfds.builder(TFDS_NAME, data_dir=str(data_dir) if data_dir else None)
@@ -133,17 +214,11 @@ def load_tfds(
             f"cannot read split {split!r} of TFDS {TFDS_NAME!r}: {err} "
             "(the splits are train, validation and test; slices such as 'test[:100]' work too)"
         ) from err
-    picked = _sample(enumerate(dataset.as_numpy_iterator()), count, np.random.default_rng(seed))
-    if not picked:
-        raise DatasetError(f"split {split!r} of TFDS {TFDS_NAME!r} holds no examples")
-    limits = Limits()
-    examples = []
-    for index, record in picked:
-        name = f"{split}[{index}]"
-        encoded = bytes(record["image"])
-        image = decode_image(encoded, limits, where=name)
-        examples.append(Example(name, image, encoded, int(record["label"])))
-    return examples
+    try:
+        total: int | None = int(builder.info.splits[split].num_examples)
+    except (KeyError, ValueError):  # a split whose size is not recorded: the progress bar has no end
+        total = None
+    return enumerate(dataset.as_numpy_iterator()), total
 
 
 @contextmanager

@@ -4,7 +4,7 @@
     ├── InputError              the client sent something we cannot classify (HTTP 400 / INVALID_ARGUMENT)
     │   ├── RequestFormatError  inputs missing, unknown, duplicated, wrong datatype or shape
     │   ├── TensorValueError    a float tensor with NaN/Inf or values outside [0, 1]
-    │   ├── BatchTooLargeError  more images in one request than `max_batch_size`
+    │   ├── BatchTooLargeError  more images in one request than `max_images`
     │   ├── ImageDecodeError    empty bytes, not an image, a corrupt or unsupported image
     │   └── ImageTooLargeError  an image over `max_image_pixels` or `max_image_bytes`
     ├── DatasetError            local inputs: a path with no image, a TFDS split that cannot be read

@@ -98,6 +98,69 @@ def _short(name: str, width: int = 40) -> str:
     return name if len(name) <= width else "…" + name[-(width - 1) :]
 
 
+# --- evaluation ------------------------------------------------------------------------------------
+
+
+def confusion_figure(
+    counts: Sequence[Sequence[int]], codes: Sequence[str], title: str | None = None
+) -> Figure:
+    """The confusion matrix as a heatmap: rows the true class, columns the predicted one, each cell
+    shaded by its share of the row (recall on the diagonal) and labelled with its count."""
+    from matplotlib.figure import Figure
+
+    matrix = np.asarray(counts, dtype=float)
+    rows = matrix.sum(axis=1, keepdims=True)
+    shares = np.divide(matrix, rows, out=np.zeros_like(matrix), where=rows > 0)
+    figure = Figure(figsize=(7, 6))
+    ax = figure.add_subplot()
+    image = ax.imshow(shares, cmap="Greens", vmin=0, vmax=1)
+    ax.set_xticks(range(len(codes)), list(codes))
+    ax.set_yticks(range(len(codes)), list(codes))
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    for (i, j), n in np.ndenumerate(matrix):
+        ax.text(j, i, f"{int(n)}", ha="center", va="center", color="white" if shares[i, j] > 0.5 else "black")
+    figure.colorbar(image, ax=ax, label="share of the true class")
+    if title:
+        ax.set_title(title, fontsize=10)
+    figure.tight_layout()
+    return figure
+
+
+def reliability_figure(
+    edges: np.ndarray,
+    confidence: np.ndarray,
+    accuracy: np.ndarray,
+    counts: np.ndarray,
+    title: str | None = None,
+) -> Figure:
+    """The reliability diagram: per confidence bin, accuracy against mean confidence (a calibrated
+    model sits on the diagonal), with how many predictions fell in each bin below."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6, 7))
+    top, bottom = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    centres = (edges[:-1] + edges[1:]) / 2
+    width = float(edges[1] - edges[0]) * 0.9
+    filled = counts > 0
+    top.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
+    top.bar(centres[filled], accuracy[filled], width=width, color="tab:blue", alpha=0.7, label="accuracy")
+    top.plot(confidence[filled], accuracy[filled], marker="o", color="tab:red", label="mean confidence")
+    top.set_ylabel("accuracy")
+    top.set_ylim(0, 1)
+    top.legend(fontsize=8, loc="upper left")
+    bottom.bar(centres, counts, width=width, color="tab:grey")
+    bottom.set_ylabel("predictions")
+    bottom.set_xlabel("confidence (highest probability)")
+    bottom.set_xlim(0, 1)
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
+    if title:
+        top.set_title(title, fontsize=10)
+    figure.tight_layout()
+    return figure
+
+
 # --- benchmarks ------------------------------------------------------------------------------------
 
 
@@ -124,7 +187,9 @@ def benchmark_figure(runs: Sequence[Mapping[str, Any]], title: str | None = None
         p99 = np.array([float(run["latency_ms"]["p99"]) for run in runs])
         latency.barh(rows, p50, color="tab:blue", label="p50")
         latency.scatter(p99, rows, color="tab:red", marker="|", s=120, label="p99", zorder=3)
-        if np.nanmax(p99, initial=0) > 20 * max(np.nanmin(p50, initial=1), 1e-3):
+        # `initial=` would cap the minimum at 1 ms; only the measured p50s count.
+        fastest = min((float(v) for v in p50 if not math.isnan(v)), default=1.0)
+        if np.nanmax(p99, initial=0) > 20 * max(fastest, 1e-3):
             latency.set_xscale("log")
         latency.set_xlabel("latency, ms (lower is better)")
         latency.legend(loc="lower right", fontsize=8)
@@ -172,3 +237,72 @@ def _timeline(run: Mapping[str, Any]) -> Figure:
     for ax in axes:
         ax.grid(alpha=0.3)
     return figure
+
+
+# --- latency against arrival rate ----------------------------------------------------------------
+
+
+def latency_vs_rate_figure(
+    points: Sequence[Mapping[str, Any]],
+    capacity: Mapping[str, Any] | None = None,
+    title: str | None = None,
+) -> Figure:
+    """An open-loop sweep (`cassava.bench.RatePoint.to_dict()` per rate): latency percentiles against
+    the offered rate, with the objective and its crossing when `capacity` (`SloCapacity.to_dict()`) is
+    given; and the achieved rate against the offered one, drops marked."""
+    from matplotlib.figure import Figure
+
+    if not points:
+        raise ValueError("nothing to plot: no rate points")
+    points = sorted(points, key=lambda p: float(p["rate"]))
+    rates = [float(p["rate"]) for p in points]
+    figure = Figure(figsize=(12, 4.5))
+    latency, achieved = figure.subplots(1, 2)
+    for q, colour in (("p50", "tab:blue"), ("p90", "tab:orange"), ("p99", "tab:red")):
+        latency.plot(rates, [float(p["latency_ms"][q]) for p in points], marker="o", color=colour, label=q)
+    if capacity is not None:
+        latency.axhline(
+            float(capacity["slo_ms"]),
+            color="black",
+            linestyle="--",
+            label=f"objective: {capacity['percentile']} <= {float(capacity['slo_ms']):g} ms",
+        )
+        if capacity.get("crossing_rate") is not None:
+            latency.axvline(float(capacity["crossing_rate"]), color="grey", linestyle=":", label="crossing")
+    # Past the knee latency grows by orders of magnitude: a log axis keeps the points below it legible.
+    p99 = [float(p["latency_ms"]["p99"]) for p in points]
+    p50 = [float(p["latency_ms"]["p50"]) for p in points]
+    fastest = min((v for v in p50 if not math.isnan(v)), default=1.0)
+    if np.nanmax(p99, initial=0) > 20 * max(fastest, 1e-3):
+        latency.set_yscale("log")
+    latency.set_xlabel("offered requests/s")
+    latency.set_ylabel("latency from the scheduled send, ms")
+    latency.legend(fontsize=8)
+    achieved.plot(rates, rates, color="grey", linestyle="--", label="offered")
+    achieved.plot(
+        rates, [float(p["achieved_rate"]) for p in points], marker="o", color="tab:green", label="answered"
+    )
+    for rate, p in zip(rates, points, strict=True):
+        if p.get("drops"):
+            achieved.annotate(
+                f"{p['drops']} dropped", (rate, float(p["achieved_rate"])), color=WRONG_COLOUR, fontsize=7
+            )
+    achieved.set_xlabel("offered requests/s")
+    achieved.set_ylabel("answered requests/s")
+    achieved.legend(fontsize=8)
+    for ax in (latency, achieved):
+        ax.grid(alpha=0.3)
+    if title:
+        figure.suptitle(title, fontsize=12)
+    figure.tight_layout()
+    return figure
+
+
+def plot_latency_vs_rate(
+    points: Sequence[Mapping[str, Any]],
+    out: Path,
+    capacity: Mapping[str, Any] | None = None,
+    title: str | None = None,
+) -> Path:
+    """The latency-vs-rate chart (see `latency_vs_rate_figure`) written to `out` as PNG."""
+    return save_figure(latency_vs_rate_figure(points, capacity, title), out)

@@ -7,10 +7,13 @@ so neither the server nor the client has to import TensorFlow to preprocess.
 Decoding is Pillow's: JPEG, PNG, GIF, WebP, BMP and TIFF; EXIF orientation is applied so a phone photo
 is upright; every mode ends as RGB (alpha dropped, as TensorFlow's 3-channel decoders do). Animated
 images contribute their first frame. Limits are checked on the header, before any pixel is decoded.
-When `simplejpeg` is installed, RGB and greyscale JPEGs are decoded by it instead: the same
-libjpeg-turbo settings give the same pixels as Pillow (tested), decoded straight into a numpy array,
-1.4x (800x600) to 3x (12 MP) faster (docs/performance.md). `Limits.fast_decode` opts into libjpeg's
-DCT downscaling of large JPEGs: several times faster for phone photos, but approximate.
+
+JPEGs are decoded by `simplejpeg` (libjpeg-turbo straight into numpy) with the seed's settings, those of
+`tf.io.decode_jpeg`: the fast integer IDCT, fancy chroma upsampling, and TensorFlow's own CMYK to RGB
+formula. The pixels are the seed's, bit for bit, before the EXIF rotation that TensorFlow does not do
+(docs/decoding.md, tests/unit/test_decode_parity.py). What simplejpeg cannot decode goes to Pillow, whose
+accurate IDCT is within a few levels of it. `Limits.fast_decode` opts into libjpeg's DCT downscaling of
+large JPEGs: several times faster for phone photos, but approximate.
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ import io
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
 
 from cassava.errors import (
     BatchTooLargeError,
@@ -31,6 +35,7 @@ from cassava.errors import (
     TensorValueError,
     safe_reason,
 )
+from cassava.settings import CassavaSettings
 
 IMAGE_SIZE = 224
 CHANNELS = 3
@@ -54,11 +59,18 @@ _UPRIGHT = {
 _EXIF_ORIENTATION = 0x0112
 
 
+def _default(name: str) -> Any:
+    return CassavaSettings.model_fields[name].default
+
+
 @dataclass(frozen=True)
 class Limits:
-    max_batch_size: int = 64
-    max_image_pixels: int = 50_000_000
-    max_image_bytes: int = 20 * 1024 * 1024
+    """The request limits the decoder enforces. Their defaults are `CassavaSettings`' (the one owner);
+    entry points build them with `CassavaSettings().limits()` so that `CASSAVA_*` variables apply."""
+
+    max_images: int = _default("max_images")
+    max_image_pixels: int = _default("max_image_pixels")
+    max_image_bytes: int = _default("max_image_bytes")
     # Not a limit but the one decoding choice, carried where the decoder already looks. True lets libjpeg
     # decode a large JPEG at 1/2, 1/4 or 1/8 scale (still >= 224 px a side) before the resize: much
     # faster for phone photos, but the pixels are no longer the seed's (docs/performance.md).
@@ -66,10 +78,11 @@ class Limits:
 
 
 def check_batch_size(n: int, limits: Limits) -> None:
-    if n > limits.max_batch_size:
+    if n > limits.max_images:
         raise BatchTooLargeError(
-            f"the request holds {n} images; at most {limits.max_batch_size} are allowed per request "
-            "(split the batch, or raise max_batch_size in model-settings.json)"
+            f"the request holds {n} images; at most {limits.max_images} are allowed per request "
+            "(split the batch, or raise max_images: CASSAVA_MAX_IMAGES or model-settings.json "
+            "parameters.extra)"
         )
 
 
@@ -110,8 +123,11 @@ def decode_image(data: bytes, limits: Limits, where: str = "image") -> np.ndarra
     if width == 0 or height == 0:
         raise ImageDecodeError(f"{where} has no pixels ({width}x{height})")
     if image.format in _JPEG_FORMATS:
-        scale = _jpeg_scale(width, height) if limits.fast_decode else 1
-        if image.mode in ("RGB", "L") and (pixels := _decode_jpeg_turbo(data, image, scale)) is not None:
+        scale = jpeg_scale(width, height) if limits.fast_decode else 1
+        if (
+            image.mode in ("RGB", "L", "CMYK")
+            and (pixels := _decode_jpeg_turbo(data, image, scale)) is not None
+        ):
             return pixels
         if scale > 1:
             # draft() picks the largest power-of-two scale s with side // requested >= s: flooring
@@ -120,6 +136,11 @@ def decode_image(data: bytes, limits: Limits, where: str = "image") -> np.ndarra
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            if image.format in _JPEG_FORMATS and image.mode == "CMYK":
+                # Pillow reads every CMYK JPEG as Adobe-inverted ("CMYK;I"): its values are 255 minus
+                # libjpeg's. Converted as TensorFlow does, not as Pillow's convert("RGB") does.
+                light = ImageChops.invert(image) if _saw_adobe_marker(image) else image
+                return _upright(_cmyk_to_rgb(light), image)
             image = ImageOps.exif_transpose(image) or image
             return _to_rgb(image)
     except Image.DecompressionBombError as err:
@@ -146,7 +167,7 @@ def _looks_like(data: bytes) -> str:
     return "binary data that is not JPEG, PNG, GIF, WebP, BMP or TIFF"
 
 
-def _jpeg_scale(width: int, height: int) -> int:
+def jpeg_scale(width: int, height: int) -> int:
     """The largest of libjpeg's cheap DCT scalings (1/8, 1/4, 1/2) that keeps both sides >= 224."""
     fits = min(width, height) // IMAGE_SIZE
     return next(s for s in (8, 4, 2, 1) if s <= max(fits, 1))
@@ -159,22 +180,84 @@ def _decode_jpeg_turbo(data: bytes, image: Image.Image, scale: int) -> np.ndarra
     except ImportError:
         return None
     width, height = image.size
-    try:
-        # Asking for at least ceil(side / scale) pixels makes libjpeg pick exactly 1/scale, the same
-        # scaling Pillow's draft() picks, so both decoders agree with or without simplejpeg.
+    cmyk = image.mode == "CMYK"
+
+    def decode(strict: bool) -> np.ndarray:
         pixels: np.ndarray = simplejpeg.decode_jpeg(
-            data, colorspace="RGB", min_width=-(-width // scale), min_height=-(-height // scale)
+            data,
+            # libjpeg converts YCCK to CMYK; CMYK to RGB is TensorFlow's formula, below.
+            colorspace="CMYK" if cmyk else "RGB",
+            # The seed's pixels: tf.io.decode_jpeg's default is libjpeg's fast integer IDCT (JDCT_IFAST)
+            # with fancy upsampling. A DCT-scaled decode is approximate anyway, and keeps the accurate
+            # IDCT so that it matches Pillow's draft() whichever decoder runs it.
+            fastdct=scale == 1,
+            fastupsample=False,
+            # Asking for at least ceil(side / scale) pixels makes libjpeg pick exactly 1/scale, the same
+            # scaling Pillow's draft() picks, so both decoders agree with or without simplejpeg.
+            min_width=-(-width // scale),
+            min_height=-(-height // scale),
+            strict=strict,
         )
+        return pixels
+
+    try:
+        pixels = decode(strict=True)
     except ValueError:
-        # simplejpeg is strict about data that libjpeg only warns about; Pillow accepts some of those
-        # and words the error for the rest.
-        return None
+        try:
+            pixels = decode(strict=False)
+        except ValueError:
+            return None  # e.g. a CMYK layout turbojpeg does not handle: Pillow decodes it
+        # simplejpeg's strict mode refuses data that libjpeg only warns about. TensorFlow decodes most
+        # of those (not a truncated file), so does Pillow, and Pillow already words the error for the
+        # rest: it judges, and libjpeg's pixels, the seed's, are kept for what Pillow accepts.
+        if not _pillow_decodes(data):
+            return None
+    if cmyk:
+        raw = Image.frombuffer("CMYK", (pixels.shape[1], pixels.shape[0]), pixels, "raw", "CMYK", 0, 1)
+        pixels = _cmyk_to_rgb(raw if _saw_adobe_marker(image) else ImageChops.invert(raw))
+    return _upright(pixels, image)
+
+
+def _pillow_decodes(data: bytes) -> bool:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as probe:
+                probe.load()
+    except MemoryError:
+        raise
+    except Exception:
+        return False
+    return True
+
+
+def _upright(pixels: np.ndarray, image: Image.Image) -> np.ndarray:
+    """Apply the EXIF orientation of `image` to its decoded pixels, as Pillow's exif_transpose would."""
     try:
         orientation = int(image.getexif().get(_EXIF_ORIENTATION, 1))
     except Exception:  # a malformed EXIF block: Pillow's exif_transpose ignores it too
         orientation = 1
     upright = _UPRIGHT.get(orientation)
     return pixels if upright is None else np.ascontiguousarray(upright(pixels))
+
+
+def _saw_adobe_marker(image: Image.Image) -> bool:
+    # libjpeg counts an APP14 "Adobe" marker only when it holds the transform byte (12 bytes or more),
+    # which is when Pillow records "adobe_transform".
+    return "adobe_transform" in image.info
+
+
+def _cmyk_to_rgb(light: Image.Image) -> np.ndarray:
+    """CMYK to RGB as `tf.io.decode_jpeg` computes it: each of R, G, B = C|M|Y * K / 255, truncated.
+
+    `light` holds the values with 255 meaning no ink: libjpeg's own for a file with an Adobe marker
+    (Adobe writes CMYK inverted), 255 minus libjpeg's otherwise. ImageChops.multiply is that formula,
+    integer and truncating, in C; numpy on interleaved channels is several times slower.
+    """
+    cyan, magenta, yellow, black = light.split()
+    colour = Image.merge("RGB", (cyan, magenta, yellow))
+    rgb: np.ndarray = np.asarray(ImageChops.multiply(colour, Image.merge("RGB", (black, black, black))))
+    return rgb
 
 
 def _to_rgb(image: Image.Image) -> np.ndarray:
@@ -238,7 +321,8 @@ def preprocess_pixels(image: np.ndarray) -> np.ndarray:
         raise ImageDecodeError(f"expected an RGB image [H, W, 3], got shape {list(image.shape)}")
     # The seed scales then resizes; resizing is linear, so resizing the uint8 rows first and scaling
     # once gives the same values (within float rounding) with far fewer float operations.
-    return resize_bilinear(image) / np.float32(255.0)
+    scaled: np.ndarray = resize_bilinear(image) / np.float32(255.0)
+    return scaled
 
 
 def preprocess_images(images: Sequence[bytes], limits: Limits) -> np.ndarray:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from cassava.manifests import TARGETS, kustomize, load_all, render
+from cassava.ops.manifests import AUTOSCALE_COMPONENTS, TARGETS, kustomize, load_all, render
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -49,14 +49,32 @@ def overlay_docs(overlay: str) -> tuple[dict[str, Any], ...]:
     return tuple(load_all(kustomize(DEPLOY / overlay)))
 
 
+#: how a render variant with `--autoscale` is named in test ids: "seldon-v1+autoscale"
+AUTOSCALED = "+autoscale"
+
+
 @functools.cache
-def rendered_docs(target: str) -> tuple[dict[str, Any], ...]:
-    """`cassava deploy render` output for a target, with the digest image, a namespace and 3 replicas."""
-    return tuple(load_all(render(target, IMAGE, replicas=3, namespace=NAMESPACE)))
+def rendered_docs(variant: str) -> tuple[dict[str, Any], ...]:
+    """`cassava deploy render` output for a target (with `+autoscale`: `--autoscale`), with the digest
+    image, a namespace and 3 replicas."""
+    target, _, suffix = variant.partition("+")
+    autoscale = f"+{suffix}" == AUTOSCALED
+    return tuple(load_all(render(target, IMAGE, replicas=3, namespace=NAMESPACE, autoscale=autoscale)))
 
 
 def all_targets() -> list[str]:
     return list(TARGETS)
+
+
+def autoscale_targets() -> list[str]:
+    """The targets whose autoscaler is opt-in (a component); the others always have one."""
+    return [t for t, overlay in TARGETS.items() if (DEPLOY / AUTOSCALE_COMPONENTS / overlay).is_dir()]
+
+
+def all_renders() -> list[str]:
+    """Every distinct thing `cassava deploy render` can produce: each target, and the opt-in autoscaled
+    variants."""
+    return all_targets() + [t + AUTOSCALED for t in autoscale_targets()]
 
 
 # --- CRD schemas --------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from deploy_helpers import (
     IMAGE,
     NAMESPACE,
     ROOT,
-    all_targets,
+    all_renders,
     needs_kubectl,
     overlay_docs,
     pod_specs,
@@ -47,6 +47,10 @@ def in_namespace(docs: Iterable[dict[str, Any]], namespace: str) -> list[dict[st
     return [dict(d, metadata={**d["metadata"], "namespace": namespace}) for d in docs]
 
 
+def namespace_of(render: str) -> str:
+    return f"{NAMESPACE}-{render.replace('+', '-')}"
+
+
 def write_inputs(folder: Path) -> None:
     """The Dockerfile, each rendered target, the monitoring objects, and the CRs' pods as Pods.
 
@@ -54,14 +58,14 @@ def write_inputs(folder: Path) -> None:
     by a second run: checkov links a NetworkPolicy to pods with matching labels whatever their
     namespace, and the kubernetes target's policy must not count for the other targets' pods."""
     shutil.copy2(ROOT / "Dockerfile", folder / "Dockerfile")
-    for target in all_targets():
-        docs = in_namespace(rendered_docs(target), f"{NAMESPACE}-{target}")
+    for target in all_renders():
+        docs = in_namespace(rendered_docs(target), namespace_of(target))
         (folder / f"{target}.yaml").write_text(yaml.safe_dump_all(docs))
     (folder / "monitoring.yaml").write_text(
         yaml.safe_dump_all(in_namespace(overlay_docs("monitoring"), NAMESPACE))
     )
     pods = []
-    for target in all_targets():
+    for target in all_renders():
         for pod in pod_specs(rendered_docs(target)):
             kind, name = pod.where.split()[0].split("/")
             if kind in ("Deployment", "StatefulSet"):
@@ -69,7 +73,7 @@ def write_inputs(folder: Path) -> None:
             containers = [{"image": IMAGE, **c} for c in pod.spec["containers"]]  # KServe: the runtime's
             metadata = {
                 "name": f"{kind.lower()}-{name}",
-                "namespace": f"{NAMESPACE}-{target}",
+                "namespace": namespace_of(target),
                 "labels": pod.labels,
             }
             pods.append(

@@ -13,7 +13,8 @@ from deploy_helpers import (
     DEPLOY,
     IMAGE,
     NAMESPACE,
-    all_targets,
+    all_renders,
+    autoscale_targets,
     needs_kubectl,
     needs_shared,
     overlay_docs,
@@ -23,7 +24,7 @@ from deploy_helpers import (
 from typer.testing import CliRunner
 
 from cassava.cli.main import app
-from cassava.manifests import TARGETS, RenderError, load_all, render
+from cassava.ops.manifests import TARGETS, RenderError, load_all, render
 
 #: the objects each target is made of (kind, name)
 EXPECTED = {
@@ -71,7 +72,20 @@ def test_the_targets_are_the_overlays() -> None:
     assert set(TARGETS.values()) == {p.name for p in (DEPLOY / "overlays").iterdir() if p.is_dir()}
 
 
-@pytest.mark.parametrize("target", all_targets())
+def test_autoscaling_is_opt_in_exactly_where_the_seed_scales_by_hand() -> None:
+    """Seldon Core v1 (the seed) and Seldon Core 2 have fixed counts unless `--autoscale`; what it adds."""
+    assert autoscale_targets() == ["seldon-v1", "seldon-v2"]
+    for target in autoscale_targets():
+        plain, scaled = rendered_docs(target), rendered_docs(f"{target}+autoscale")
+        assert not [d for d in plain if d["kind"] == "HorizontalPodAutoscaler"]
+        assert "hpaSpec" not in yaml.safe_dump_all(plain)
+        added = {(d["kind"], d["metadata"]["name"]) for d in scaled} - {
+            (d["kind"], d["metadata"]["name"]) for d in plain
+        }
+        assert added == ({("HorizontalPodAutoscaler", "cassava")} if target == "seldon-v2" else set())
+
+
+@pytest.mark.parametrize("target", all_renders())
 def test_render_sets_image_namespace_and_replicas(target: str) -> None:
     docs = rendered_docs(target)
     assert all(d["metadata"]["namespace"] == NAMESPACE for d in docs)
@@ -85,11 +99,25 @@ def test_render_sets_image_namespace_and_replicas(target: str) -> None:
     if target == "seldon-v1":
         sdep = by_kind["SeldonDeployment"]
         assert sdep["spec"]["replicas"] == 3
+        assert "hpaSpec" not in sdep["spec"]["predictors"][0]["componentSpecs"][0]
+    elif target == "seldon-v1+autoscale":
+        sdep = by_kind["SeldonDeployment"]
         assert sdep["spec"]["predictors"][0]["componentSpecs"][0]["hpaSpec"]["minReplicas"] == 3
     elif target == "seldon-v2":
         for kind in ("Server", "Model"):
             assert by_kind[kind]["spec"]["replicas"] == 3
-            assert by_kind[kind]["spec"]["minReplicas"] == 3
+            assert "minReplicas" not in by_kind[kind]["spec"]
+    elif target == "seldon-v2+autoscale":
+        hpa = by_kind["HorizontalPodAutoscaler"]
+        assert hpa["spec"]["scaleTargetRef"] == {
+            "apiVersion": "mlops.seldon.io/v1alpha1",
+            "kind": "Server",
+            "name": "cassava",
+        }
+        assert hpa["spec"]["minReplicas"] == 3
+        # The HPA owns the Server's count; a fixed one would be reset on every apply.
+        assert "replicas" not in by_kind["Server"]["spec"]
+        assert by_kind["Model"]["spec"]["minReplicas"] == 3
     elif target == "kserve":
         assert by_kind["InferenceService"]["spec"]["predictor"]["minReplicas"] == 3
     else:
@@ -161,6 +189,67 @@ def test_kserve_declares_the_v2_protocol() -> None:
     assert isvc["spec"]["predictor"]["minReplicas"] <= isvc["spec"]["predictor"]["maxReplicas"]
 
 
+#: KServe's deployment modes (kserve/kserve `pkg/constants/constants.go`, `DeploymentModeType`): from
+#: v0.16.0 on, `Standard` is the name and `RawDeployment` a deprecated alias that `ParseDeploymentMode`
+#: maps to it; v0.15.0 knows only `RawDeployment`. Checked at v0.15.0, v0.16.0 and v0.20.0.
+KSERVE_STANDARD_MODE = "Standard"
+KSERVE_LEGACY_MODE = "RawDeployment"
+
+
+def test_kserve_uses_the_current_deployment_mode_name() -> None:
+    (isvc,) = [d for d in overlay_docs("overlays/kserve") if d["kind"] == "InferenceService"]
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == KSERVE_STANDARD_MODE
+    # Older releases need the old name: the deploy guide says so.
+    guide = (DEPLOY.parent / "docs" / "deploy.md").read_text()
+    assert KSERVE_LEGACY_MODE in guide
+    assert "0.15" in guide
+
+
+def test_every_autoscaler_has_the_same_bounds_and_target() -> None:
+    """2-10 replicas at 70 % CPU wherever an autoscaler is rendered (the numbers live in four places)."""
+    found = {}
+    for variant in [r for r in all_renders() if r not in ("seldon-v1", "seldon-v2")]:
+        for doc in load_all(render(variant.partition("+")[0], "c:1", autoscale="+" in variant)):
+            spec = doc.get("spec") or {}
+            if doc["kind"] == "HorizontalPodAutoscaler":
+                (metric,) = spec["metrics"]
+                found[variant] = (spec["minReplicas"], spec["maxReplicas"], metric["resource"])
+            elif doc["kind"] == "SeldonDeployment":
+                hpa = spec["predictors"][0]["componentSpecs"][0]["hpaSpec"]
+                (metric,) = hpa["metricsv2"]
+                found[variant] = (hpa["minReplicas"], hpa["maxReplicas"], metric["resource"])
+            elif doc["kind"] == "InferenceService":
+                predictor = spec["predictor"]
+                cpu = {"name": predictor["scaleMetric"], "target": {"type": "Utilization"}}
+                cpu["target"]["averageUtilization"] = predictor["scaleTarget"]
+                found[variant] = (predictor["minReplicas"], predictor["maxReplicas"], cpu)
+    cpu70 = {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}
+    assert found == dict.fromkeys(
+        ["seldon-v1+autoscale", "seldon-v2+autoscale", "kserve", "kubernetes"], (2, 10, cpu70)
+    )
+
+
+def test_the_web_page_is_exposed_wherever_the_rest_api_is() -> None:
+    """The page is served at `/` of MLServer's REST port (CassavaSettings.web_ui, on by default): no
+    render turns it off, and the kubernetes target's Service and NetworkPolicy open that port whole
+    (NetworkPolicies filter ports, not paths)."""
+    from deploy_helpers import our_container, pod_specs
+
+    from cassava.settings import CassavaSettings
+
+    assert CassavaSettings().web_ui is True
+    for variant in all_renders():
+        for pod in pod_specs(rendered_docs(variant)):
+            env = {e["name"]: e.get("value") for e in our_container(pod.spec).get("env") or []}
+            assert "CASSAVA_WEB_UI" not in env, variant
+    docs = {d["kind"]: d for d in rendered_docs("kubernetes")}
+    (container,) = docs["Deployment"]["spec"]["template"]["spec"]["containers"]
+    (rest,) = [p["name"] for p in container["ports"] if p["containerPort"] == 8080]
+    assert rest in {p["targetPort"] for p in docs["Service"]["spec"]["ports"]}
+    open_ports = {p["port"] for rule in docs["NetworkPolicy"]["spec"]["ingress"] for p in rule["ports"]}
+    assert rest in open_ports
+
+
 @pytest.mark.parametrize(
     ("image", "message"),
     [
@@ -187,6 +276,19 @@ def test_cli_render(tmp_path: Path) -> None:
     result = runner.invoke(app, [*args, "--output", str(out)])
     assert result.exit_code == 0, result.output
     assert load_all(out.read_text())
+
+
+def test_cli_render_autoscale_and_the_web_page_switch() -> None:
+    runner = CliRunner()
+    args = ["deploy", "render", "--target", "seldon-v1", "--image", "reg.example/cassava:2.0"]
+    result = runner.invoke(app, [*args, "--autoscale"])
+    assert result.exit_code == 0, result.output
+    (sdep,) = [d for d in load_all(result.stdout) if d["kind"] == "SeldonDeployment"]
+    assert "hpaSpec" in sdep["spec"]["predictors"][0]["componentSpecs"][0]
+    assert result.stdout.startswith(f"# cassava {' '.join(args[:2])} --target seldon-v1")
+    assert "--autoscale" in result.stdout.splitlines()[0]
+    help_text = " ".join(runner.invoke(app, ["deploy", "render", "--help"]).output.split())
+    assert "CASSAVA_WEB_UI=false" in help_text.replace("│", "").replace("  ", " ")
 
 
 def test_cli_render_bad_target_and_namespace() -> None:

@@ -12,7 +12,7 @@ import kubernetes_validate
 import pytest
 from deploy_helpers import (
     K8S_VERSIONS,
-    all_targets,
+    all_renders,
     as_pod,
     crd_schemas,
     needs_kubectl,
@@ -24,7 +24,7 @@ from deploy_helpers import (
 )
 
 #: what `kubectl apply` would receive, per source
-SOURCES = {f"render --target {t}": (lambda t=t: rendered_docs(t)) for t in all_targets()}
+SOURCES = {f"render --target {t}": (lambda t=t: rendered_docs(t)) for t in all_renders()}
 SOURCES["deploy/monitoring"] = lambda: overlay_docs("monitoring")
 SOURCES["deploy/extras/keda"] = lambda: overlay_docs("extras/keda")
 

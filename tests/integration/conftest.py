@@ -2,7 +2,7 @@
 
 Every MLServer start costs 20-30 s (TensorFlow loads in the worker), so servers are session- or
 module-scoped and as few as possible: the stand-in server below serves test_server.py and
-test_bad_input.py alike. Its `max_batch_size` is the seed's batch, 16, so the seed's own request sits
+test_bad_input.py alike. Its `max_images` is the seed's batch, 16, so the seed's own request sits
 exactly on the limit and 17 images are just over it.
 """
 
@@ -17,14 +17,14 @@ import pytest
 from PIL import Image
 from support import MAX_BATCH_SIZE, SEED_BATCH
 
-from cassava.server_process import ServerProcess
+from cassava.server.process import ServerProcess
 
 
 @pytest.fixture(scope="session")
 def standin_server(tmp_path_factory: pytest.TempPathFactory, demo_model_dir: Path) -> Iterator[ServerProcess]:
     workdir = tmp_path_factory.mktemp("standin-server")
     with ServerProcess.for_model(
-        workdir, model_dir=demo_model_dir, extra={"max_batch_size": MAX_BATCH_SIZE}
+        workdir, model_dir=demo_model_dir, extra={"max_images": MAX_BATCH_SIZE}
     ) as server:
         yield server
 

@@ -33,6 +33,8 @@ class Outcome:
     status: str = ""  # e.g. "StatusCode.INVALID_ARGUMENT"
     message: str = ""
     indices: np.ndarray | None = None
+    outputs: tuple[str, ...] = ()
+    seconds: float = 0.0
 
 
 def metadata(target: str) -> dict[str, Any]:
@@ -98,3 +100,87 @@ def infer_raw(target: str, inputs: list[Input], timeout: float = 60.0) -> Outcom
         return Outcome(ok=True, indices=response.as_numpy("class_index"))
     finally:
         client.close()
+
+
+def infer_images(
+    target: str,
+    images: list[bytes],
+    *,
+    shape: list[int] | None = None,
+    request_id: str = "",
+    parameters: dict[str, Any] | None = None,
+    outputs: list[str] | None = None,
+    timeout: float = 120.0,
+) -> Outcome:
+    """`images` as tritonclient builds them (BYTES, raw contents), with the request's id, parameters and
+    requested outputs; `shape` e.g. [N, 1] as MLServer's own codecs send it."""
+    import time
+
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    from cassava.contract import GRPC_MAX_MESSAGE_LENGTH
+
+    client = grpcclient.InferenceServerClient(
+        target,
+        channel_args=[
+            ("grpc.max_send_message_length", GRPC_MAX_MESSAGE_LENGTH),
+            ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_LENGTH),
+        ],
+    )
+    data = np.array(images, dtype=np.object_).reshape(shape or [len(images)])
+    inp = grpcclient.InferInput("images", list(data.shape), "BYTES")
+    inp.set_data_from_numpy(data)
+    requested = [grpcclient.InferRequestedOutput(name) for name in outputs] if outputs else None
+    started = time.perf_counter()
+    try:
+        response = client.infer(
+            MODEL_NAME,
+            [inp],
+            request_id=request_id,
+            parameters=parameters,
+            outputs=requested,
+            client_timeout=timeout,
+        )
+    except InferenceServerException as err:
+        elapsed = time.perf_counter() - started
+        return Outcome(ok=False, status=str(err.status()), message=str(err.message()), seconds=elapsed)
+    finally:
+        client.close()
+    names = tuple(o.name for o in response.get_response().outputs)
+    indices = response.as_numpy("class_index") if "class_index" in names else None
+    return Outcome(ok=True, indices=indices, outputs=names, seconds=time.perf_counter() - started)
+
+
+def repository_calls(target: str) -> dict[str, str]:
+    """The repository API's unload, over both services MLServer 1.7.1 registers: the OIP's
+    `inference.GRPCInferenceService/RepositoryModelUnload` (mlserver/grpc/servicers.py) and MLServer's
+    own `inference.model_repository.ModelRepositoryService` (mlserver/grpc/model_repository.py).
+    Returns the status code name of each."""
+    import grpc
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    found = {}
+    client = grpcclient.InferenceServerClient(target)
+    try:
+        client.unload_model(MODEL_NAME)
+        found["GRPCInferenceService/RepositoryModelUnload"] = "OK"
+    except InferenceServerException as err:
+        found["GRPCInferenceService/RepositoryModelUnload"] = str(err.status())
+    finally:
+        client.close()
+    # model_name = "cassava" as protobuf field 1 (a length-delimited string): no stubs needed.
+    request = b"\x0a" + bytes([len(MODEL_NAME)]) + MODEL_NAME.encode()
+    with grpc.insecure_channel(target) as channel:
+        unload = channel.unary_unary(
+            "/inference.model_repository.ModelRepositoryService/RepositoryModelUnload",
+            request_serializer=lambda raw: raw,
+            response_deserializer=lambda raw: raw,
+        )
+        try:
+            unload(request, timeout=30)
+            found["ModelRepositoryService/RepositoryModelUnload"] = "OK"
+        except grpc.RpcError as err:
+            found["ModelRepositoryService/RepositoryModelUnload"] = f"StatusCode.{err.code().name}"
+    return found

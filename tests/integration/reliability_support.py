@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import io
 import json
 import threading
 import time
@@ -21,12 +20,11 @@ from types import TracebackType
 from typing import Any
 
 import httpx
-import numpy as np
 import psutil
-from PIL import Image
 
+from cassava.bench.images import generate_images
 from cassava.contract import MODEL_NAME
-from cassava.server_process import ServerProcess
+from cassava.server.process import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The figures of the last run; docs/reliability.md quotes them.
@@ -45,10 +43,9 @@ def record_figures(section: str, figures: dict[str, Any]) -> None:
 
 
 def jpeg(width: int = 320, height: int = 240, seed: int = 0, quality: int = 90) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, "RGB").save(buffer, "JPEG", quality=quality)
-    return buffer.getvalue()
+    """One of the bench's synthetic leaf JPEGs (`cassava.bench.generate_images`)."""
+    (data,) = generate_images(1, (width, height), quality=quality, seed=seed)
+    return data
 
 
 def images_body(images: list[bytes]) -> dict[str, Any]:

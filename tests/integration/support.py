@@ -9,9 +9,9 @@ from typing import Any
 import httpx
 
 from cassava.contract import MODEL_NAME
-from cassava.server_process import ServerProcess
+from cassava.server.process import ServerProcess
 
-#: the stand-in server's `max_batch_size`: the seed's batch, so its request sits exactly on the limit
+#: the stand-in server's `max_images`: the seed's batch, so its request sits exactly on the limit
 MAX_BATCH_SIZE = 16
 SEED_BATCH = 16
 # Bounds every wait on a server; generous, as other test runs may share the machine. Not a timing test.

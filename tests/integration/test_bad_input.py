@@ -1,7 +1,7 @@
 """Malformed requests over REST (raw JSON with httpx) and gRPC (tritonclient): each is refused with
 HTTP 400 / INVALID_ARGUMENT and a message that names the problem, and the server goes on serving.
 
-All of them run against the session's stand-in server (`max_batch_size` 16, default pixel limit).
+All of them run against the session's stand-in server (`max_images` 16, default pixel limit).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from support import CALL_TIMEOUT, MAX_BATCH_SIZE, error_of, grpc_call, post_json
 
 from cassava.client import CassavaClient
 from cassava.contract import MODEL_NAME
-from cassava.server_process import ServerProcess
+from cassava.server.process import ServerProcess
 from cassava.settings import CassavaSettings
 
 pytestmark = pytest.mark.integration

@@ -21,7 +21,7 @@ from support import CALL_TIMEOUT, infer_url
 
 from cassava.bench import generate_images, prepare_requests, seed_request_json
 from cassava.preprocessing import Limits, preprocess_images
-from cassava.server_process import ServerProcess
+from cassava.server.process import ServerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -60,8 +60,25 @@ def test_bench_answers_every_request(
     assert report["latency_ms"]["p50"] > 0
 
 
+@pytest.mark.parametrize("scheme", ["rest", "grpc"])
+def test_open_loop_bench_offers_its_rate_and_accounts_for_every_arrival(
+    standin_server: ServerProcess, tmp_path: Path, scheme: str
+) -> None:
+    """`--rate`: the arrivals are fixed by the rate and the window, whatever the server does; each is
+    answered, dropped or an error. Whether any were dropped depends on the machine, so it is not asserted."""
+    target = standin_server.http_url if scheme == "rest" else f"grpc://{standin_server.grpc_target}"
+    report = bench(tmp_path, target, "--rate", "20", "--duration", "3", "--warmup", "0.5", "--timeout", "10")
+    assert report["rate"] == 20.0
+    assert report["arrivals"] == "constant"
+    assert report["offered"] == 60  # 20/s for 3 s, constant spacing
+    assert report["errors"] == {}
+    assert report["requests"] > 0
+    assert report["requests"] + sum(report["drops"].values()) == report["offered"]
+    assert report["latency_ms"]["p99"] >= report["latency_ms"]["p50"] > 0
+
+
 def test_bench_counts_refused_connections_as_errors() -> None:
-    from cassava.server_process import free_port
+    from cassava.server.process import free_port
 
     out = subprocess.run(
         [CASSAVA, "bench", f"http://127.0.0.1:{free_port()}", "--duration", "0.5", "--warmup", "0"],

@@ -26,7 +26,7 @@ from PIL import Image
 
 from cassava.labels import CODES
 from cassava.model_store import SAVED_MODEL_FILE, UNTRAINED_MARKER
-from cassava.server_process import ServerProcess, free_port
+from cassava.server.process import ServerProcess, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -204,3 +204,33 @@ def test_serve_passes_a_sigterm_on_and_removes_its_generated_folder(demo_dir: Pa
         code = server.process.wait(COMMAND_TIMEOUT)
     assert code == 0, server.log_tail()
     assert list(scratch.glob("cassava-serve-*")) == []
+
+
+@pytest.mark.parametrize("transport", ["rest", "grpc"])
+def test_infer_at_scale_concurrent_with_headers_output_and_resume(
+    served: CassavaServe, many_images: Path, tmp_path: Path, transport: str
+) -> None:
+    """Four requests in flight, a header on each (MLServer ignores what it does not route on, over REST
+    and as gRPC metadata), rows to a CSV, then --resume with nothing left to do."""
+    out = tmp_path / "rows.csv"
+    args = [
+        *target_args(served, transport),
+        "--concurrency",
+        "4",
+        "--batch",
+        "8",
+        "-H",
+        "Seldon-Model: cassava",
+    ]
+    first = succeeded(cassava("infer", *args, "--output", str(out), str(many_images)))
+    assert f"{SERVER_MAX_BATCH_SIZE + 1} row(s) written" in first.stdout
+    assert "in 9 request(s)" in first.stderr
+    assert "concurrency 4" in first.stderr
+    lines = out.read_text().splitlines()
+    assert len(lines) == 1 + SERVER_MAX_BATCH_SIZE + 1
+    assert sorted(line.split(",")[0] for line in lines[1:]) == sorted(str(p) for p in many_images.iterdir())
+
+    again = succeeded(cassava("infer", *args, "--output", str(out), "--resume", str(many_images)))
+    assert "0 row(s) written" in again.stdout
+    assert f"{SERVER_MAX_BATCH_SIZE + 1} from an earlier run kept" in again.stdout
+    assert out.read_text().splitlines() == lines

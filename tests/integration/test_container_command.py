@@ -1,7 +1,7 @@
 """The container's own command, run here: no Docker engine, so the image's final stage is replayed.
 
 The Dockerfile's final-stage ENV, ENTRYPOINT + CMD and HEALTHCHECK are read from the Dockerfile itself
-(`cassava.dockerfile`), its /opt/cassava and /tmp paths are mapped into a temporary directory laid out
+(`cassava.ops.dockerfile`), its /opt/cassava and /tmp paths are mapped into a temporary directory laid out
 as the image lays them out (the model folder, and the model directory with the stand-in), /opt/venv is
 mapped to a virtualenv (this one, or CASSAVA_TEST_IMAGE_VENV: one built from a runtime lock file as the
 image builds it), and that exact command runs with only that environment. Where this machine allows a
@@ -21,8 +21,8 @@ import httpx
 import pytest
 
 from cassava.client import CassavaClient
-from cassava.dockerfile import Stage, final_stage
-from cassava.server_process import ServerProcess
+from cassava.ops.dockerfile import Stage, final_stage
+from cassava.server.process import ServerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -39,7 +39,7 @@ from reliability_support import (
     worker_pids,
 )
 
-from cassava.server_process import ServerProcess
+from cassava.server.process import ServerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

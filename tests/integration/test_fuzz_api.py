@@ -33,7 +33,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
 from cassava.contract import MODEL_NAME
-from cassava.server_process import ServerProcess
+from cassava.server.process import ServerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -16,7 +16,7 @@ from cassava.cli.main import app
 from cassava.labels import DATASET_CODES
 from cassava.pipeline import Classifier
 from cassava.preprocessing import Limits, decode_image, preprocess_pixels
-from cassava.server_process import ServerProcess
+from cassava.server.process import ServerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -72,3 +72,25 @@ def test_dataset_examples_are_sent_scored_and_plotted(
     else:
         expected = reference.classify_images([e.encoded for e in examples])
     assert [r["class_index"] for r in records] == expected.indices.tolist()
+
+
+def test_evaluate_a_server_against_the_same_model_in_process(
+    standin_server: ServerProcess,
+    demo_model_dir: Path,
+    mock_cassava: None,
+    runner: CliRunner,
+    tmp_path: Path,
+) -> None:
+    """`cassava evaluate --url` scores what the server answers; `--compare DIR` runs the same model here:
+    the two must agree on every image."""
+    out = tmp_path / "report"
+    args = ["evaluate", "--dataset", "--split", "test", "--url", standin_server.http_url]
+    args += ["--concurrency", "2", "--compare", str(demo_model_dir), "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "report.json").read_text())
+    assert data["untrained"] is True  # the server's metadata says so
+    assert data["images"] == 12
+    assert data["compared"]["agreement"] == 1.0
+    assert data["compared"]["accuracy_delta"] == 0.0
+    assert data["compared"]["max_probability_difference"] < 1e-5

@@ -34,7 +34,7 @@ from reliability_support import (
     worker_pids,
 )
 
-from cassava.server_process import ServerProcess
+from cassava.server.process import ServerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +51,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, demo_model_dir: Path) -> It
     process = ServerProcess.for_model(
         tmp_path_factory.mktemp("limits"),
         model_dir=demo_model_dir,
-        extra={"max_batch_size": MAX_BATCH, "max_image_pixels": MAX_PIXELS, "max_image_bytes": MAX_BYTES},
+        extra={"max_images": MAX_BATCH, "max_image_pixels": MAX_PIXELS, "max_image_bytes": MAX_BYTES},
         server={"grpc_max_message_length": MESSAGE_LIMIT, "parallel_workers": 1},
     )
     process.start(timeout=rs.START_TIMEOUT)
@@ -173,7 +173,7 @@ def limit_cases() -> list[tuple[str, list[bytes], list[bytes], str]]:
     """(limit, images at the limit, images one past it, what the refusal says)."""
     return [
         (
-            "max_batch_size",
+            "max_images",
             [jpeg(64, 48, seed=i) for i in range(MAX_BATCH)],
             [jpeg(64, 48, seed=i) for i in range(MAX_BATCH + 1)],
             f"holds {MAX_BATCH + 1} images; at most {MAX_BATCH} are allowed",
@@ -268,7 +268,7 @@ def test_the_log_never_holds_request_content(server: ServerProcess, grpc_pool: P
 def test_while_the_only_worker_restarts_requests_get_503_and_readiness_is_false(
     server: ServerProcess,
 ) -> None:
-    """Last in this module: it kills the module server's one worker. Without cassava.launcher every
+    """Last in this module: it kills the module server's one worker. Without cassava.server.launcher every
     request in the restart window would be a 500 ("coroutine raised StopIteration")."""
     (victim,) = worker_pids(server)
     with LoadLoop(infer_url(server), images_body([jpeg()]), threads=2, max_seconds=rs.START_TIMEOUT) as load:

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cassava.client import CassavaClient
 from cassava.contract import IMAGES_INPUT, MODEL_NAME
-from cassava.server_process import ServerProcess
+from cassava.server.process import ServerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -22,7 +22,7 @@ from cassava.client import CassavaClient
 from cassava.contract import MODEL_NAME
 from cassava.export import ExportResult
 from cassava.pipeline import Classifier
-from cassava.server_process import ServerProcess
+from cassava.server.process import ServerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -27,7 +27,7 @@ from cassava.contract import (
 )
 from cassava.labels import CODES, NUM_CLASSES
 from cassava.pipeline import BatchResult, Classifier
-from cassava.server_process import ServerProcess
+from cassava.server.process import ServerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +52,7 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     model_dir = request.getfixturevalue("cropnet_graph_dir")  # skips, with its reason, when absent
     workdir = tmp_path_factory.mktemp("cropnet-server")
     with ServerProcess.for_model(
-        workdir, model_dir=model_dir, extra={"max_batch_size": MAX_BATCH_SIZE}
+        workdir, model_dir=model_dir, extra={"max_images": MAX_BATCH_SIZE}
     ) as server:
         yield Served(request.param, model_dir, server)
 
@@ -87,7 +87,7 @@ def test_metadata_declares_the_contract(served: Served) -> None:
     # The stand-in carries the UNTRAINED marker; the synthetic graph is a real model directory without it.
     assert parameters["untrained"] is (served.kind == "standin")
     assert ("UNTRAINED" in parameters["warning"]) is (served.kind == "standin")
-    assert parameters["max_batch_size"] == MAX_BATCH_SIZE
+    assert parameters["max_images"] == MAX_BATCH_SIZE
 
 
 def test_grpc_metadata_equals_rest(served: Served, grpc_pool: ProcessPoolExecutor) -> None:
@@ -177,7 +177,7 @@ def test_every_output_is_declared_and_consistent(served: Served, sample_jpegs: l
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
 
 
-def test_max_batch_size_from_model_settings_is_enforced(served: Served, sample_jpegs: list[bytes]) -> None:
+def test_max_images_from_model_settings_is_enforced(served: Served, sample_jpegs: list[bytes]) -> None:
     client = CassavaClient(served.server.http_url, timeout=CALL_TIMEOUT)
     at_limit = (sample_jpegs * 3)[:MAX_BATCH_SIZE]
     assert len(client.classify_images(at_limit).indices) == MAX_BATCH_SIZE

@@ -7,10 +7,12 @@ NumpyCodec comparison; the two cannot share a process).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +31,12 @@ from cassava.bench import (
     error_kind,
     generate_images,
     latency_stats,
+    load_images,
     prepare_requests,
     rss_growth_pct,
     seed_request_json,
 )
+from cassava.errors import DatasetError
 
 
 def report_of(records: list[Record], duration: float = 10.0, **kwargs: Any) -> BenchReport:
@@ -151,6 +155,26 @@ def test_generated_images_are_distinct_jpegs_of_the_size_asked() -> None:
     assert generate_images(3, (160, 120), quality=90, seed=1) == images  # reproducible
 
 
+def test_image_folders_are_walked_as_cassava_predict_walks_them(
+    tmp_path: Path, sample_jpegs: list[bytes]
+) -> None:
+    root = tmp_path / "photos"
+    (root / "field").mkdir(parents=True)
+    (root / ".thumbnails").mkdir()
+    (root / "field" / "b.jpg").write_bytes(sample_jpegs[1])
+    (root / "a.JPG").write_bytes(sample_jpegs[0])
+    (root / ".thumbnails" / "a.jpg").write_bytes(sample_jpegs[2])  # hidden: not a photo
+    (root / "notes.txt").write_text("not an image")
+    single = tmp_path / "single.jpg"
+    single.write_bytes(sample_jpegs[3])
+    assert load_images([root, single]) == [sample_jpegs[0], sample_jpegs[1], sample_jpegs[3]]
+    with pytest.raises(DatasetError, match="does not exist"):
+        load_images([tmp_path / "missing"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="holds no image files"):
+        load_images([tmp_path / "empty"])
+
+
 def test_batches_wrap_around_and_use_every_image() -> None:
     images = [bytes([i]) for i in range(5)]
     groups = batches_of(images, 2, limit=100)
@@ -174,7 +198,7 @@ def test_seed_request_equals_numpy_codec(sample_jpegs: list[bytes]) -> None:
     from mlserver.types import InferenceRequest
 
     from cassava.preprocessing import Limits, preprocess_images
-    from cassava.protocol import decode_request
+    from cassava.server.protocol import decode_request
 
     batch = preprocess_images(sample_jpegs[:2], Limits())
     ours = seed_request_json(batch)
@@ -194,7 +218,7 @@ def test_tensor_rest_request_is_the_seeds(sample_jpegs: list[bytes]) -> None:
     assert prepared.nbytes / prepared.images > 224 * 224 * 3 * 15
 
 
-# --- the in-process limit, the CLI, the chart and the matrix's report ---------------------------------
+# --- the in-process limit, the CLI and the chart ------------------------------------------------------
 
 
 def test_in_process_run_on_the_stand_in(demo_model_dir: Path) -> None:
@@ -231,6 +255,26 @@ def test_cli_in_process_writes_json_and_chart(demo_model_dir: Path, tmp_path: Pa
     assert chart.read_bytes().startswith(b"\x89PNG")
 
 
+def test_cli_takes_its_defaults_from_cassava_variables(
+    demo_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cassava.cli.main import app
+
+    monkeypatch.setenv("CASSAVA_HOME", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("CASSAVA_MODEL_DIR", str(demo_model_dir))
+    monkeypatch.setenv("CASSAVA_FAST_DECODE", "true")
+    monkeypatch.setenv("CASSAVA_INFERENCE_THREADS", "1")
+    out = tmp_path / "report.json"
+    args = ["bench", "--in-process", "--generate", "2", "--size", "64x48", "--batch", "2"]
+    args += ["--duration", "0.3", "--warmup", "0", "--json", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert Path(data["target"]) == demo_model_dir
+    assert data["info"]["fast_decode"] is True
+    assert data["info"]["threads"] == 1
+
+
 def test_cli_refuses_bad_combinations() -> None:
     from cassava.cli.main import app
 
@@ -252,139 +296,183 @@ def test_benchmark_chart_for_one_run_and_for_several(tmp_path: Path) -> None:
         plot_benchmark([], tmp_path / "none.png")
 
 
-def fake_results() -> dict[str, Any]:
-    def run(label: str, mode: str, ips: float, p50: float, **kw: Any) -> dict[str, Any]:
-        stats = {"p50": p50, "p90": p50 * 1.2, "p99": p50 * 1.5, "mean": p50, "max": p50 * 2}
-        base = {"label": label, "mode": mode, "encoding": "bytes", "batch": 1, "concurrency": 1}
-        return (
-            base
-            | {
-                "images_per_s": ips,
-                "requests_per_s": ips,
-                "latency_ms": stats,
-                "errors": {},
-                "request_bytes_per_image": 100_000.0,
-                "client_cpu": 0.1,
-                "server_cpu": 0.8,
-                "info": {},
-            }
-            | kw
-        )
-
-    def server(backend: str, role: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
-        config = {"backend": backend, "workers": 1}
-        return {
-            "label": backend,
-            "role": role,
-            "config": config,
-            "cold_start_s": 4.0,
-            "rss_mb": 500.0,
-            "runs": runs,
-        }
-
-    return {
-        "generated": "now",
-        "command": "make bench",
-        "quick": False,
-        "elapsed_s": 600.0,
-        "timing": {"warmup_s": 2.0, "duration_s": 8.0, "seed_duration_s": 20.0},
-        "machine": {
-            "cpu": "test CPU",
-            "cores": 2,
-            "memory_gib": 8,
-            "os": "Linux",
-            "load_average_at_start": [0.1, 0.1, 0.1],
-        },
-        "versions": {"python": "3.11"},
-        "model": {"source": "m"},
-        "backends": ["tensorflow", "onnx"],
-        "images": {"count": 32, "size": "640x480", "quality": 90, "mean_bytes": 60_000.0},
-        "notes": [],
-        "best_backend": "onnx",
-        "decode": {
-            "sizes": {
-                "800x600": [
-                    {"method": "decode: x", "ms": 3.0, "max_abs_diff": None},
-                    {"method": "decode + preprocess: y", "ms": 4.0, "max_abs_diff": 1e-7},
-                ]
-            },
-            "fast_decode_agreement": {
-                "800x600": {"images": 8, "argmax_agreement": 0.875, "max_probability_diff": 0.1}
-            },
-            "untrained_model": True,
-        },
-        "in_process": [
-            run(
-                "ip tf 16", "in-process", 80.0, 200.0, batch=16, info={"backend": "tensorflow", "load_s": 5.0}
-            ),
-            run("ip onnx 16", "in-process", 240.0, 60.0, batch=16, info={"backend": "onnx", "load_s": 1.0}),
-            run("ip onnx 1", "in-process", 150.0, 6.0, batch=1, info={"backend": "onnx", "load_s": 1.0}),
-        ],
-        "servers": [
-            server(
-                "onnx",
-                "default",
-                [
-                    run("onnx | rest bytes b1 c1", "rest", 140.0, 9.0),
-                    run("onnx | rest bytes b1 c8", "rest", 200.0, 40.0, concurrency=8),
-                ],
-            ),
-            server(
-                "tensorflow",
-                "default",
-                [
-                    run(
-                        "tf | rest seed",
-                        "rest",
-                        8.0,
-                        2000.0,
-                        encoding="tensor",
-                        batch=16,
-                        request_bytes_per_image=3_050_000.0,
-                    )
-                ],
-            ),
-        ],
-    }
+# --- open loop -----------------------------------------------------------------------------------
 
 
-def test_matrix_targets_and_markdown_come_from_the_results() -> None:
-    from cassava.bench_matrix import defaults, render, targets
-
-    results = fake_results()
-    results["targets"] = found = {t["name"]: t for t in targets(results)}.values()
-    by_name = {t["name"]: t for t in found}
-    assert by_name["best backend in-process, batch 16, vs TensorFlow"]["value"] == pytest.approx(3.0)
-    assert by_name["served image bytes at saturation vs the in-process limit (same backend)"]["value"] == (
-        pytest.approx(200 / 240)
-    )
-    assert by_name["served image bytes vs the seed's request, images/s"]["value"] == pytest.approx(25.0)
-    assert by_name["one image at concurrency 1: served p50 minus in-process p50"]["value"] == pytest.approx(
-        3.0
-    )
-    assert by_name["ONNX-only server cold start (process start to ready)"]["met"] is True
-    results["targets"] = list(found)
-    results["defaults"] = defaults(results)
-    page = render(results, "img/performance.png")
-    assert "GENERATED" in page
-    assert "make bench" in page
-    assert "test CPU" in page
-    assert "![" in page
-    assert "87.5%" in page  # fast_decode agreement
-    assert page.count("| yes |") >= 4
+def test_constant_arrivals_are_evenly_spaced_inside_the_run() -> None:
+    times = bench.arrival_times(bench.OpenLoop(rate=4.0), duration_s=2.0)
+    assert times.tolist() == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75])
 
 
-def test_backends_are_compared_on_the_model_alone_when_measured() -> None:
-    from cassava.bench_matrix import render, targets
+def test_poisson_arrivals_have_the_rate_on_average_and_repeat_with_their_seed() -> None:
+    load = bench.OpenLoop(rate=50.0, arrivals="poisson")
+    times = bench.arrival_times(load, duration_s=200.0, seed=1)
+    assert times[0] == 0.0
+    assert np.all(np.diff(times) > 0)
+    assert times[-1] < 200.0
+    gaps = np.diff(times)
+    # 10,000 exponential gaps: the mean is within a few standard errors (1/sqrt(n) = 1 %) of 1/rate,
+    # and the spread is an exponential's (standard deviation equal to the mean), unlike constant spacing.
+    assert gaps.mean() == pytest.approx(1 / 50.0, rel=0.05)
+    assert gaps.std() == pytest.approx(1 / 50.0, rel=0.1)
+    assert np.array_equal(times, bench.arrival_times(load, duration_s=200.0, seed=1))
+    assert not np.array_equal(times, bench.arrival_times(load, duration_s=200.0, seed=2))
 
-    results = fake_results()
-    results["model_only"] = [
-        {"backend": "tensorflow", "batch": 16, "calls": 20, "images_per_s": 60.0, "p50_ms": 266.0},
-        {"backend": "onnx", "batch": 16, "calls": 50, "images_per_s": 150.0, "p50_ms": 106.0},
+
+def test_open_loop_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        bench.OpenLoop(rate=0.0)
+    with pytest.raises(ValueError, match="poisson"):
+        bench.OpenLoop(rate=1.0, arrivals="bursty")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_in_flight"):
+        bench.OpenLoop(rate=1.0, max_in_flight=0)
+
+
+def run_open_loop(send: Any, times: list[float], max_in_flight: int, **kwargs: Any) -> list[Record]:
+    prepared = [bench.Prepared(payload=None, images=1, nbytes=1)]
+    return asyncio.run(bench.open_loop(send, prepared, times, max_in_flight=max_in_flight, **kwargs))
+
+
+def test_open_loop_sends_on_schedule_without_waiting_for_answers() -> None:
+    sent: list[float] = []
+
+    async def slow(_: Any) -> None:
+        sent.append(time.monotonic())
+        await asyncio.sleep(1.0)  # far longer than the 0.05 s between arrivals
+
+    origin = time.monotonic()
+    times = [k * 0.05 for k in range(6)]
+    records = run_open_loop(slow, times, max_in_flight=100, origin=origin)
+    # A closed loop of one would have sent these a second apart; the open loop sends each on its
+    # time (never early; late only by the loop's own lag), all before the first answer.
+    offsets = [t - origin for t in sent]
+    assert all(offset >= due - 1e-3 for offset, due in zip(offsets, times, strict=True))
+    assert max(offsets) < 0.8
+    assert sorted(r.start for r in records) == pytest.approx(times)
+    assert all(r.error is None and r.latency >= 0.99 for r in records)
+
+
+def test_open_loop_drops_arrivals_beyond_the_in_flight_cap() -> None:
+    async def slow(_: Any) -> None:
+        await asyncio.sleep(0.5)
+
+    # 10 arrivals within 0.1 s, each answered after 0.5 s, at most 3 out: the first 3 are sent.
+    records = run_open_loop(slow, [k * 0.01 for k in range(10)], max_in_flight=3)
+    assert len(records) == 10
+    dropped = sorted(r.start for r in records if r.error == "dropped")
+    assert dropped == pytest.approx([k * 0.01 for k in range(3, 10)])
+    assert sum(r.error is None for r in records) == 3
+
+
+def test_open_loop_counts_queueing_in_the_client_from_the_scheduled_time() -> None:
+    """Coordinated omission: when the client falls behind (here its loop is blocked for 0.3 s), the
+    arrivals it sends late are timed from when they should have gone out, not from when they did."""
+    blocked = False
+
+    async def blocking(_: Any) -> None:
+        nonlocal blocked
+        if not blocked:
+            blocked = True
+            time.sleep(0.3)  # holds the whole loop, as a busy client would
+
+    records = run_open_loop(blocking, [k * 0.05 for k in range(5)], max_in_flight=100)
+    by_start = sorted(records, key=lambda r: r.start)
+    # The arrivals due at 0.05..0.2 s went out at ~0.3 s: each waited 0.3 s minus its own offset,
+    # where timing from the actual send would have said ~0.
+    for r in by_start[1:]:
+        assert r.latency >= 0.3 - r.start - 0.01
+
+
+def test_open_loop_drain_cancels_what_never_answers_as_timeouts() -> None:
+    async def never(_: Any) -> None:
+        await asyncio.sleep(60)
+
+    records = run_open_loop(never, [0.0, 0.01], max_in_flight=10, drain_s=0.1)
+    assert [r.error for r in records] == ["timeout", "timeout"]
+
+
+def test_open_loop_report_counts_arrivals_in_the_window_and_drops_apart() -> None:
+    records = [
+        Record(start=-0.5, latency=0.7, images=1),  # warm-up arrival: only its answer counts
+        Record(start=1.0, latency=0.2, images=1),
+        Record(start=2.0, latency=0.0, images=1, error="dropped"),
+        Record(start=3.0, latency=10.0, images=1, error="timeout"),
+        Record(start=4.0, latency=0.1, images=1, error="http_500"),
+        Record(start=9.5, latency=2.0, images=1),  # arrived inside, answered after the window: counted
     ]
-    speedup = {t["name"]: t for t in targets(results)}["best backend in-process, batch 16, vs TensorFlow"]
-    assert speedup["value"] == pytest.approx(2.5)  # not the 3.0 of the whole-pipeline figures
-    assert "(model only)" in speedup["detail"]
-    results["targets"] = targets(results)
-    results["defaults"] = {}
-    assert "| onnx | 16 | 150" in render(results, "img/performance.png")
+    report = report_of(records, duration=10.0, open_loop=bench.OpenLoop(rate=1.0))
+    assert report.offered == 5
+    assert report.drops == {"dropped": 1, "timeout": 1}
+    assert report.errors == {"http_500": 1}
+    assert report.requests == 2
+    assert report.latency_ms["max"] == pytest.approx(2000.0)
+    # The achieved rate is what was answered inside the window, the warm-up arrival's answer included.
+    assert report.requests_per_s == pytest.approx(0.2)
+    assert (report.rate, report.arrivals, report.max_in_flight) == (1.0, "constant", 256)
+
+
+# --- latency against rate -------------------------------------------------------------------------
+
+
+def point(rate: float, p99: float, *, offered: int = 1000, drops: int = 0) -> bench.RatePoint:
+    stats = {"p50": p99 / 3, "p90": p99 / 2, "p99": p99, "mean": p99 / 3, "max": p99}
+    return bench.RatePoint(rate, rate, offered, offered - drops, drops, 0, stats)
+
+
+def test_slo_capacity_interpolates_where_p99_crosses_the_objective() -> None:
+    curve = [point(10, 50), point(20, 80), point(30, 150), point(40, 650), point(50, 3000)]
+    capacity = bench.slo_capacity(curve, slo_ms=250.0)
+    assert capacity.max_rate_met == 30
+    assert capacity.first_rate_missed == 40
+    # p99 goes from 150 to 650 ms between 30 and 40 requests/s: 250 ms is a fifth of the way.
+    assert capacity.crossing_rate == pytest.approx(32.0)
+
+
+def test_slo_capacity_stops_at_the_first_miss_and_counts_drops_as_misses() -> None:
+    noisy = [point(10, 50), point(20, 400), point(30, 200)]  # 30/s under the objective by luck
+    assert bench.slo_capacity(noisy, 250.0).max_rate_met == 10
+    # 2 % dropped: the answered requests' p99 looks fine, but 2 % of callers got nothing.
+    dropping = [point(10, 50), point(20, 100, drops=20)]
+    capacity = bench.slo_capacity(dropping, 250.0)
+    assert capacity.max_rate_met == 10
+    assert capacity.first_rate_missed == 20
+    assert bench.meets_slo(point(20, 100, drops=10), 250.0)  # 1 %: what p99 allows
+
+
+def test_slo_capacity_when_every_rate_or_none_is_within() -> None:
+    within = bench.slo_capacity([point(10, 50), point(20, 60)], 250.0)
+    assert (within.max_rate_met, within.crossing_rate, within.first_rate_missed) == (20, None, None)
+    none = bench.slo_capacity([point(10, 300)], 250.0)
+    assert (none.max_rate_met, none.crossing_rate, none.first_rate_missed) == (None, None, 10)
+    with pytest.raises(ValueError, match="no rate points"):
+        bench.slo_capacity([], 250.0)
+
+
+def test_latency_vs_rate_chart(tmp_path: Path) -> None:
+    from cassava.plotting import plot_latency_vs_rate
+
+    curve = [point(10, 50), point(20, 80), point(30, 650, drops=30)]
+    capacity = bench.slo_capacity(curve, 250.0)
+    path = plot_latency_vs_rate([p.to_dict() for p in curve], tmp_path / "rate.png", capacity.to_dict())
+    with Image.open(path) as png:
+        assert png.format == "PNG"
+    with pytest.raises(ValueError, match="no rate points"):
+        plot_latency_vs_rate([], tmp_path / "none.png")
+
+
+def test_cli_refuses_rate_with_concurrency_or_in_process() -> None:
+    from cassava.cli.main import app
+
+    runner = CliRunner()
+    both = runner.invoke(app, ["bench", "http://127.0.0.1:1", "--rate", "5", "--concurrency", "4"])
+    assert both.exit_code != 0
+    assert "not both" in both.output
+    assert "--rate" in both.output
+    assert "--concurrency" in both.output
+    local = runner.invoke(app, ["bench", "--in-process", "--rate", "5"])
+    assert local.exit_code != 0
+    assert "--in-process" in local.output
+    for bad in ("fast", "0", "5,-1"):
+        result = runner.invoke(app, ["bench", "http://127.0.0.1:1", "--rate", bad])
+        assert result.exit_code != 0
+        assert repr(bad) in result.output

@@ -106,11 +106,34 @@ def test_directory_without_images_is_named(tmp_path: Path) -> None:
         load_files([tmp_path])
 
 
-def test_file_that_is_not_an_image_is_named(tmp_path: Path) -> None:
+def test_file_that_is_not_an_image_is_named_when_decoded(tmp_path: Path) -> None:
     path = tmp_path / "leaf.jpg"
     path.write_text("this is text")
+    (example,) = load_files([path])  # read, not decoded: decoding is the pipeline's, per chunk
     with pytest.raises(ImageDecodeError, match=rf"{path} is not a recognised image"):
-        load_files([path])
+        _ = example.image
+
+
+def test_files_source_streams_skips_vanished_files_and_done_names(tmp_path: Path) -> None:
+    for name in ("a", "b", "c", "d"):
+        write(tmp_path / "cmd" / f"{name}.jpg", make_leaf_image(ord(name)))
+    source = datasets.files_source([tmp_path / "cmd"], skip={str(tmp_path / "cmd" / "b.jpg")})
+    assert source.total == 3
+    # Moved away after the walk, before it was read: a long run over a live folder meets this.
+    (tmp_path / "cmd" / "c.jpg").unlink()
+    items = list(source.items)
+    assert [Path(item.name).name for item in items] == ["a.jpg", "c.jpg", "d.jpg"]
+    (skipped,) = [item for item in items if isinstance(item, datasets.Skipped)]
+    assert skipped.name == str(tmp_path / "cmd" / "c.jpg")
+    assert f"cannot read {tmp_path / 'cmd' / 'c.jpg'}" in skipped.reason
+    assert all(item.label == DATASET_CODES.index("cmd") for item in items if isinstance(item, Example))
+
+
+def test_tfds_source_streams_the_whole_split(mock_cassava: None) -> None:
+    source = datasets.tfds_source("test", skip={"test[0]"})
+    names = [item.name for item in source.items]
+    assert source.total in (MOCK_EXAMPLES, None)  # mock data records no split sizes
+    assert names == [f"test[{i}]" for i in range(1, MOCK_EXAMPLES)]
 
 
 def test_no_paths_at_all() -> None:

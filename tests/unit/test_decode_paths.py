@@ -1,5 +1,6 @@
-"""The JPEG decoders behind `decode_image`: simplejpeg (when installed) must give Pillow's exact pixels,
-and `fast_decode` must be the same approximation whichever decoder runs it."""
+"""The JPEG decoders behind `decode_image`: simplejpeg with the seed's settings (test_decode_parity.py),
+Pillow for what simplejpeg refuses, within the accurate IDCT's few levels of it and with the same
+orientation; `fast_decode` must be the same approximation whichever decoder runs it."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
+from test_decode_parity import ACCURATE_IDCT_MAX_DIFF, cmyk_photo, textured
 
 from cassava import preprocessing
+from cassava.errors import ImageDecodeError
 from cassava.preprocessing import IMAGE_SIZE, Limits, decode_image, preprocess_images, resize_bilinear
-from conftest import encode, make_leaf_image
+from conftest import encode
 
 EXIF_ORIENTATION = 0x0112
 
@@ -20,13 +23,6 @@ EXIF_ORIENTATION = 0x0112
 def pillow_only(monkeypatch: pytest.MonkeyPatch) -> None:
     """decode_image as it is without simplejpeg installed."""
     monkeypatch.setattr(preprocessing, "_decode_jpeg_turbo", lambda *args: None)
-
-
-def textured(width: int, height: int, seed: int = 0) -> Image.Image:
-    """A leaf-like image with grain, so every decoder detail (IDCT, upsampling) shows in the pixels."""
-    base = np.asarray(make_leaf_image(seed, (width, height)), dtype=np.int16)
-    grain = np.random.default_rng(seed).integers(-20, 21, size=base.shape)
-    return Image.fromarray(np.clip(base + grain, 0, 255).astype(np.uint8), "RGB")
 
 
 def jpegs() -> dict[str, bytes]:
@@ -38,43 +34,62 @@ def jpegs() -> dict[str, bytes]:
         "4:4:4": encode(image, "JPEG", quality=90, subsampling=0),
         "progressive": encode(image, "JPEG", quality=80, progressive=True),
         "greyscale": encode(image.convert("L"), "JPEG", quality=90),
+        "CMYK": encode(cmyk_photo(333, 251, seed=1), "JPEG", quality=90),
         "rotated": encode(image, "JPEG", quality=90, exif=exif.tobytes()),
     }
 
 
 @pytest.mark.parametrize("kind", sorted(jpegs()))
-def test_simplejpeg_gives_pillows_pixels(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pillow_differs_from_simplejpeg_only_by_the_idct(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("simplejpeg")
     data = jpegs()[kind]
     fast = decode_image(data, Limits())
     monkeypatch.setattr(preprocessing, "_decode_jpeg_turbo", lambda *args: None)
-    np.testing.assert_array_equal(fast, decode_image(data, Limits()))
-    assert fast.dtype == np.uint8
+    slow = decode_image(data, Limits())
+    assert fast.shape == slow.shape
+    assert fast.dtype == slow.dtype == np.uint8
     assert fast.flags.c_contiguous
+    assert np.abs(fast.astype(np.int16) - slow.astype(np.int16)).max() <= ACCURATE_IDCT_MAX_DIFF
 
 
+@pytest.mark.parametrize("decoder", ["simplejpeg", "pillow"])
 @pytest.mark.parametrize("orientation", range(1, 9))
-def test_every_exif_orientation_matches_pillows(orientation: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("simplejpeg")
+def test_every_exif_orientation_is_pillows(
+    orientation: int, decoder: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if decoder == "pillow":
+        monkeypatch.setattr(preprocessing, "_decode_jpeg_turbo", lambda *args: None)
     exif = Image.Exif()
     exif[EXIF_ORIENTATION] = orientation
-    data = encode(textured(120, 80, seed=orientation), "JPEG", quality=90, exif=exif.tobytes())
-    ours = decode_image(data, Limits())
-    monkeypatch.setattr(preprocessing, "_decode_jpeg_turbo", lambda *args: None)
-    np.testing.assert_array_equal(ours, decode_image(data, Limits()))
+    image = textured(120, 80, seed=orientation)
+    stored = Image.fromarray(decode_image(encode(image, "JPEG", quality=90), Limits()))
+    stored.info["exif"] = exif.tobytes()
+    rotated = encode(image, "JPEG", quality=90, exif=exif.tobytes())
+    np.testing.assert_array_equal(
+        decode_image(rotated, Limits()), np.asarray(ImageOps.exif_transpose(stored))
+    )
 
 
 def test_what_simplejpeg_refuses_is_left_to_pillow(monkeypatch: pytest.MonkeyPatch) -> None:
     simplejpeg = pytest.importorskip("simplejpeg")
     data = jpegs()["4:2:0"]
-    expected = decode_image(data, Limits())
+    monkeypatch.setattr(preprocessing, "_decode_jpeg_turbo", lambda *args: None)
+    pillows = decode_image(data, Limits())
+    monkeypatch.undo()
 
-    def strict(*args: object, **kwargs: object) -> None:
-        # What simplejpeg says about data libjpeg only warns about, e.g. extraneous bytes.
-        raise ValueError("Corrupt JPEG data: 2 extraneous bytes before marker 0xd9")
+    def refuse(*args: object, **kwargs: object) -> None:
+        # What turbojpeg says about a layout it does not handle, strict or not.
+        raise ValueError("tjDecompressHeader3(): Could not determine subsampling level of JPEG image")
 
-    monkeypatch.setattr(simplejpeg, "decode_jpeg", strict)
-    np.testing.assert_array_equal(decode_image(data, Limits()), expected)
+    monkeypatch.setattr(simplejpeg, "decode_jpeg", refuse)
+    np.testing.assert_array_equal(decode_image(data, Limits()), pillows)
+
+
+def test_what_simplejpeg_refuses_and_pillow_refuses_gets_pillows_error() -> None:
+    pytest.importorskip("simplejpeg")
+    data = jpegs()["4:2:0"]
+    with pytest.raises(ImageDecodeError, match="truncated"):
+        decode_image(data[: len(data) // 2], Limits())
 
 
 @pytest.mark.parametrize(
@@ -82,7 +97,7 @@ def test_what_simplejpeg_refuses_is_left_to_pillow(monkeypatch: pytest.MonkeyPat
     [((4000, 3000), 8), ((800, 600), 2), ((641, 479), 2), ((500, 375), 1), ((224, 224), 1), ((100, 3000), 1)],
 )
 def test_fast_decode_scale_keeps_both_sides_at_least_224(size: tuple[int, int], scale: int) -> None:
-    assert preprocessing._jpeg_scale(*size) == scale
+    assert preprocessing.jpeg_scale(*size) == scale
     assert min(size) // scale >= min(IMAGE_SIZE, min(size))
 
 

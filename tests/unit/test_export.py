@@ -55,7 +55,7 @@ def varied_inputs(per_kind: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         encode(make_leaf_image(seed * 1000 + i, (int(w), int(h))), "JPEG", quality=90)
         for i, (w, h) in enumerate(rng.integers(120, 900, size=(per_kind, 2)))
     ]
-    leaves = preprocess_images(jpegs, Limits(max_batch_size=len(jpegs)))
+    leaves = preprocess_images(jpegs, Limits(max_images=len(jpegs)))
     batch = np.concatenate([np.stack(noise), np.stack(gradients), leaves]).astype(np.float32)
     return batch, np.repeat(np.array(KINDS), per_kind)
 
@@ -322,7 +322,7 @@ NO_TENSORFLOW = """
 import asyncio, json, sys
 from pathlib import Path
 from mlserver.settings import ModelParameters, ModelSettings
-from cassava.runtime import CassavaRuntime
+from cassava.server.runtime import CassavaRuntime
 
 settings = ModelSettings(
     name="cassava",

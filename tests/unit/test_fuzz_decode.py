@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from cassava.errors import ImageTooLargeError, InputError
 from cassava.preprocessing import Limits, check_tensor, decode_image, preprocess_images
-from cassava.protocol import DecodedRequest, decode_request
+from cassava.server.protocol import DecodedRequest, decode_request
 
 FUZZ = settings(
     max_examples=300,
@@ -35,7 +35,7 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     database=None,
 )
-LIMITS = Limits(max_batch_size=8, max_image_pixels=4_000_000, max_image_bytes=2_000_000)
+LIMITS = Limits(max_images=8, max_image_pixels=4_000_000, max_image_bytes=2_000_000)
 FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
 
 

@@ -20,26 +20,31 @@ def test_model_output_order() -> None:
 
 def test_codes_and_names_are_unique_and_non_empty() -> None:
     assert len(set(labels.CODES)) == labels.NUM_CLASSES
-    assert len(set(labels.NAMES)) == labels.NUM_CLASSES
+    assert len(set([label.name for label in labels.LABELS])) == labels.NUM_CLASSES
     assert all(code and code == code.lower() for code in labels.CODES)
-    assert all(name.strip() == name and name for name in labels.NAMES)
+    assert all(name.strip() == name and name for name in [label.name for label in labels.LABELS])
+
+
+def test_every_class_has_a_one_sentence_description() -> None:
+    descriptions = [label.description for label in labels.LABELS]
+    assert len(set(descriptions)) == labels.NUM_CLASSES
+    for description in descriptions:
+        # One line on a phone: a single sentence, no line breaks.
+        assert description.strip() == description
+        assert "\n" not in description
+        assert description.endswith(".")
+        assert description.count(". ") == 0
 
 
 @pytest.mark.parametrize("label", labels.LABELS, ids=lambda label: label.code)
 def test_lookups_round_trip(label: labels.Label) -> None:
     assert labels.by_index(label.index) is label
-    assert labels.by_code(label.code) is label
 
 
 @pytest.mark.parametrize("index", [-1, labels.NUM_CLASSES, 100])
 def test_by_index_out_of_range_names_the_index_and_the_range(index: int) -> None:
     with pytest.raises(IndexError, match=rf"class index {index} is out of range 0\.\.5"):
         labels.by_index(index)
-
-
-def test_by_code_unknown_lists_the_known_codes() -> None:
-    with pytest.raises(KeyError, match=r"'mosaic'.*cbb, cbsd, cgm, cmd, healthy, unknown"):
-        labels.by_code("mosaic")
 
 
 def test_contract_probabilities_width_is_the_number_of_classes() -> None:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
-from cassava.dockerfile import parse
-from cassava.manifests import ImageRef, RenderError, replica_fields, replica_patches
+from cassava.ops import manifests
+from cassava.ops.dockerfile import parse
+from cassava.ops.manifests import ImageRef, RenderError, find_deploy_dir, replica_fields, replica_patches
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(
@@ -99,3 +104,17 @@ def test_dockerfile_parser() -> None:
     assert two.command == ["python", "-m", "m", "/folder"]
     assert two.healthcheck == ["python", "-c", "pass"]
     assert two.user == "10001:10001"
+
+
+def test_the_packaged_deploy_dir_is_the_last_resort() -> None:
+    """A checkout's deploy/ wins over the copy a wheel carries (tests/deploy/test_packaging.py builds the
+    wheel and renders from that copy alone)."""
+    candidates = manifests.deploy_dir_candidates()
+    assert candidates[1] == ROOT / "deploy"
+    assert candidates[-1] == Path(manifests.__file__).resolve().parent / "deploy"
+
+
+def test_a_missing_deploy_dir_names_the_places_and_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(RenderError, match="--deploy-dir") as err:
+        find_deploy_dir(tmp_path)
+    assert str(tmp_path) in str(err.value)

@@ -2,14 +2,18 @@
 
 Downloads come from a local `http.server` on 127.0.0.1 in a thread, serving tarballs of the stand-in
 (the real CropNet cannot be downloaded here); the code under test is the one that fetches TF Hub.
+How each download server misbehaves is tested in test_download.py; here, what an install makes of it.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import http.server
 import io
 import json
+import os
+import re
 import shutil
 import socket
 import tarfile
@@ -19,9 +23,11 @@ from pathlib import Path
 
 import pytest
 
-from cassava import model_store
+from cassava import download, model_store
+from cassava.download import DownloadLimits
 from cassava.errors import FetchError, ModelLoadError, ModelNotFoundError
 from cassava.model_store import (
+    KAGGLE_HANDLE,
     PROVENANCE_FILE,
     SAVED_MODEL_FILE,
     UNTRAINED_MARKER,
@@ -29,6 +35,9 @@ from cassava.model_store import (
     read_info,
     write_demo_model,
 )
+
+#: Retries in milliseconds, not the seconds users get.
+FAST = DownloadLimits(attempts=2, backoff_s=0.01, read_timeout_s=5.0, connect_timeout_s=5.0, deadline_s=60.0)
 
 
 def tarball(root: Path, prefix: str = "", skip: frozenset[str] = frozenset()) -> bytes:
@@ -53,6 +62,22 @@ def tarball_of(files: dict[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
+def sparse_tarball(name: str, real_size: int) -> bytes:
+    """A GNU sparse member: 512 bytes stored, `real_size` bytes once unpacked (the rest a hole). The
+    header layout is GNU tar's (`struct sparse` at offset 386, `realsize` at 483), which Python's
+    tarfile reads (`TarInfo._proc_sparse`) but cannot write."""
+    info = tarfile.TarInfo(name)
+    info.size = 512
+    header = bytearray(info.tobuf(format=tarfile.GNU_FORMAT))
+    header[156:157] = tarfile.GNUTYPE_SPARSE
+    header[386:398] = tarfile.itn(real_size - 512, 12, tarfile.GNU_FORMAT)
+    header[398:410] = tarfile.itn(512, 12, tarfile.GNU_FORMAT)
+    header[483:495] = tarfile.itn(real_size, 12, tarfile.GNU_FORMAT)
+    header[148:156] = b" " * 8
+    header[148:155] = b"%06o\0" % sum(header)
+    return gzip.compress(bytes(header) + b"x" * 512 + bytes(1024))
+
+
 def leftovers(parent: Path) -> list[str]:
     """Staging or backup directories a fetch left next to its destination."""
     return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
@@ -74,10 +99,12 @@ class ModelServer:
 
     def __init__(self) -> None:
         self.routes: dict[str, bytes | Callable[[http.server.BaseHTTPRequestHandler], None]] = {}
-        routes = self.routes
+        self.paths: list[str] = []
+        routes, paths = self.routes, self.paths
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                paths.append(self.path)
                 route = routes.get(self.path)
                 if route is None:
                     self.send_error(404)
@@ -199,7 +226,7 @@ def test_download_that_breaks_half_way_leaves_nothing(
 ) -> None:
     server.routes["/broken.tar.gz"] = breaks_half_way(standin_tar)
     with pytest.raises(FetchError, match=r"/broken\.tar\.gz") as caught:
-        fetch(server.url("/broken.tar.gz"), tmp_path / "model")
+        fetch(server.url("/broken.tar.gz"), tmp_path / "model", limits=FAST)
     assert "--from" in str(caught.value)
     assert not (tmp_path / "model").exists()
     assert leftovers(tmp_path) == []
@@ -256,7 +283,7 @@ def test_archive_escaping_its_folder_is_refused(server: ModelServer, tmp_path: P
 
 def test_http_error_names_the_status_and_the_url(server: ModelServer, tmp_path: Path) -> None:
     url = server.url("/missing.tar.gz")
-    with pytest.raises(FetchError, match=rf"HTTP 404 from {url}"):
+    with pytest.raises(FetchError, match=rf"{url}: HTTP 404"):
         fetch(url, tmp_path / "model")
     assert leftovers(tmp_path) == []
 
@@ -267,20 +294,33 @@ def test_failed_fetch_leaves_an_existing_model_untouched(
     before = snapshot(installed)
     server.routes["/broken-again.tar.gz"] = breaks_half_way(standin_tar)
     with pytest.raises(FetchError):
-        fetch(server.url("/broken-again.tar.gz"), installed, force=True)
+        fetch(server.url("/broken-again.tar.gz"), installed, force=True, limits=FAST)
     assert snapshot(installed) == before
     assert leftovers(installed.parent) == []
 
 
-def test_existing_model_needs_force(server: ModelServer, trained_looking_tar: bytes, installed: Path) -> None:
+def test_a_stand_in_is_replaced_without_force(
+    server: ModelServer, trained_looking_tar: bytes, installed: Path
+) -> None:
+    """After `cassava model demo`, `cassava model fetch` must simply install the real model."""
+    assert read_info(installed).untrained
     server.routes["/replacement.tar.gz"] = trained_looking_tar
-    url = server.url("/replacement.tar.gz")
-    with pytest.raises(FetchError, match=r"already exists; pass --force"):
-        fetch(url, installed)
-    assert read_info(installed).untrained  # still the stand-in
-    info = fetch(url, installed, force=True)
+    info = fetch(server.url("/replacement.tar.gz"), installed)
     assert not info.untrained
+    assert not (installed / UNTRAINED_MARKER).exists()
     assert leftovers(installed.parent) == []
+
+
+def test_a_real_model_needs_force(server: ModelServer, trained_looking_tar: bytes, tmp_path: Path) -> None:
+    server.routes["/real.tar.gz"] = trained_looking_tar
+    url = server.url("/real.tar.gz")
+    real = fetch(url, tmp_path / "model").path
+    before = snapshot(real)
+    with pytest.raises(FetchError, match=r"already exists and is not the stand-in; pass --force"):
+        fetch(url, real)
+    assert snapshot(real) == before
+    assert not fetch(url, real, force=True).untrained
+    assert leftovers(tmp_path) == []
 
 
 @pytest.mark.timeout(60)  # a hang guard, not a timing assertion: a refused connection fails at once
@@ -290,12 +330,192 @@ def test_offline_fails_fast_naming_the_url_and_the_way_out(tmp_path: Path) -> No
         port = sock.getsockname()[1]
     url = f"http://127.0.0.1:{port}/cropnet.tar.gz"
     with pytest.raises(FetchError) as caught:
-        fetch(url, tmp_path / "model")
+        fetch(url, tmp_path / "model", limits=FAST)
     message = str(caught.value)
     assert url in message
     assert "cassava model fetch --from" in message
+    assert "make serve-demo" in message
+    assert "cassava model demo" in message
     assert not (tmp_path / "model").exists()
     assert leftovers(tmp_path) == []
+
+
+# --- the default sources: TF Hub, then Kaggle --------------------------------------------------------
+
+
+@pytest.fixture
+def mirrors(
+    server: ModelServer, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> tuple[str, str]:
+    """Both default sources pointed at the local server, as a mirror would be; under a prefix of
+    this test's own, since the server outlives it."""
+    prefix = f"/{request.node.name}"
+    monkeypatch.setenv("CASSAVA_TFHUB_URL", server.url(f"{prefix}/tfhub/"))
+    monkeypatch.setenv("CASSAVA_KAGGLE_URL", server.url(f"{prefix}/kaggle"))
+    tfhub, kaggle = model_store.default_sources()
+    return tfhub.removeprefix(server.url("")), kaggle.removeprefix(server.url(""))
+
+
+def test_the_default_sources_are_tf_hub_then_kaggle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kaggle's model download URL is kagglehub's: `KaggleApiV1Client` joins `api/v1/` and
+    `models/{owner}/{model}/{framework}/{variation}/{version}/download` onto https://www.kaggle.com
+    (Kaggle/kagglehub 0.3.x: src/kagglehub/http_resolver.py `_build_model_download_url_path`,
+    src/kagglehub/clients.py, src/kagglehub/config.py `DEFAULT_KAGGLE_API_ENDPOINT`)."""
+    monkeypatch.delenv("CASSAVA_TFHUB_URL", raising=False)
+    monkeypatch.delenv("CASSAVA_KAGGLE_URL", raising=False)
+    tfhub, kaggle = model_store.default_sources()
+    assert tfhub == f"{model_store.CROPNET_HANDLE}?tf-hub-format=compressed"
+    assert kaggle == f"https://www.kaggle.com/api/v1/models/{KAGGLE_HANDLE}/download"
+
+
+def test_kaggle_is_tried_when_tf_hub_fails(
+    server: ModelServer, mirrors: tuple[str, str], trained_looking_tar: bytes, tmp_path: Path
+) -> None:
+    tfhub, kaggle = mirrors
+    server.routes[tfhub] = lambda h: h.send_error(503)
+    server.routes[kaggle] = trained_looking_tar
+    notes: list[str] = []
+    info = fetch(dest=tmp_path / "model", limits=FAST, notify=notes.append)
+    assert info.source == server.url(kaggle)
+    assert [path for path in server.paths if path in mirrors] == [tfhub, tfhub, kaggle]
+    assert any(note.startswith("trying the next source") for note in notes)
+    record = json.loads((info.path / PROVENANCE_FILE).read_text())
+    assert record["archive_sha256"] == hashlib.sha256(trained_looking_tar).hexdigest()
+
+
+def test_both_sources_failing_names_both(
+    server: ModelServer, mirrors: tuple[str, str], tmp_path: Path
+) -> None:
+    with pytest.raises(FetchError, match=r"could not download the model:\n") as caught:
+        fetch(dest=tmp_path / "model", limits=FAST)
+    for path in mirrors:
+        assert f"{server.url(path)}: HTTP 404" in str(caught.value)
+    assert leftovers(tmp_path) == []
+
+
+# --- checksums ---------------------------------------------------------------------------------------
+
+
+def test_a_refetch_is_compared_with_the_first_archive(
+    server: ModelServer, trained_looking_tar: bytes, tmp_path: Path
+) -> None:
+    url = server.url("/pinned.tar.gz")
+    server.routes["/pinned.tar.gz"] = trained_looking_tar
+    first = fetch(url, tmp_path / "model").path
+    recorded = json.loads((first / PROVENANCE_FILE).read_text())["archive_sha256"]
+    assert recorded == hashlib.sha256(trained_looking_tar).hexdigest()
+    assert fetch(url, first, force=True).source == url  # the same archive again: accepted
+
+    # The publisher (or something in between) now serves different bytes under the same URL.
+    changed = tarball(first, skip=frozenset({PROVENANCE_FILE, "variables"}))
+    server.routes["/pinned.tar.gz"] = changed
+    before = snapshot(first)
+    new = hashlib.sha256(changed).hexdigest()
+    with pytest.raises(FetchError, match=rf"SHA-256 {new}, but the archive that installed .*{recorded}"):
+        fetch(url, first, force=True)
+    assert snapshot(first) == before
+    with pytest.raises(FetchError, match=rf"pass --sha256 {new}"):
+        fetch(url, first, force=True)
+    assert leftovers(tmp_path) == []
+
+
+def test_sha256_checks_a_download_and_a_local_archive(
+    server: ModelServer, trained_looking_tar: bytes, tmp_path: Path
+) -> None:
+    digest = hashlib.sha256(trained_looking_tar).hexdigest()
+    server.routes["/sha.tar.gz"] = trained_looking_tar
+    archive = tmp_path / "cropnet.tar.gz"
+    archive.write_bytes(trained_looking_tar)
+    for source in (server.url("/sha.tar.gz"), str(archive)):
+        with pytest.raises(FetchError, match=rf"SHA-256 {digest}, but --sha256 says {'e' * 64}"):
+            fetch(source, tmp_path / "model", sha256="e" * 64, force=True, limits=FAST)
+        info = fetch(source, tmp_path / "model", sha256=digest.upper(), force=True)
+        assert json.loads((info.path / PROVENANCE_FILE).read_text())["archive_sha256"] == digest
+    assert leftovers(tmp_path) == []
+
+
+def test_sha256_must_be_a_digest_of_an_archive(demo_model_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(FetchError, match=r"--sha256 'abc' is not a SHA-256 digest"):
+        fetch(str(demo_model_dir), tmp_path / "model", sha256="abc")
+    with pytest.raises(FetchError, match=r"--sha256 checks an archive, and --from .* is a directory"):
+        fetch(str(demo_model_dir), tmp_path / "model", sha256="a" * 64)
+
+
+# --- bounds ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def extraction_spy(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Records every `TarFile.extractall`: a refusal must come before the first one."""
+    calls: list[object] = []
+    real = tarfile.TarFile.extractall
+
+    def spy(self: tarfile.TarFile, *args: object, **kwargs: object) -> None:
+        calls.append(self.name)
+        real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(tarfile.TarFile, "extractall", spy)
+    return calls
+
+
+def test_an_archive_that_unpacks_past_the_limit_writes_nothing(
+    tmp_path: Path, extraction_spy: list[object]
+) -> None:
+    """A 2 MB gzip can hold 2 GB; here a few KB hold 3 MB against a 1 MB limit."""
+    archive = tmp_path / "bomb.tar.gz"
+    archive.write_bytes(tarball_of({"saved_model.pb": b"", "variables/zeros": bytes(3_000_000)}))
+    assert archive.stat().st_size < 10_000
+    limit = re.escape(download.human(1_000_000))
+    with pytest.raises(FetchError, match=rf"unpacks to more than the size limit of {limit}.*--max-size"):
+        fetch(str(archive), tmp_path / "model", limits=DownloadLimits(max_size=1_000_000))
+    assert extraction_spy == []
+    assert leftovers(tmp_path) == []
+
+
+def test_a_sparse_member_counts_at_its_full_size(tmp_path: Path, extraction_spy: list[object]) -> None:
+    """Issue 9's archive: a few bytes, and a sparse file of 10 GB inside, against the default 1 GiB."""
+    archive = tmp_path / "sparse.tar.gz"
+    archive.write_bytes(sparse_tarball("variables/huge", 10 << 30))
+    with pytest.raises(FetchError, match=r"at member 'variables/huge', 10\.0 GiB"):
+        fetch(str(archive), tmp_path / "model")
+    assert extraction_spy == []
+
+
+def test_unpacking_checks_free_space_first(
+    trained_looking_tar: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive = tmp_path / "cropnet.tar.gz"
+    archive.write_bytes(trained_looking_tar)
+    real = download.shutil.disk_usage
+    monkeypatch.setattr(download.shutil, "disk_usage", lambda path: real(path)._replace(free=1000))
+    with pytest.raises(
+        FetchError, match=r"unpacking .*cropnet\.tar\.gz needs .* but only 1,000 bytes is free"
+    ):
+        fetch(str(archive), tmp_path / "model")
+    assert leftovers(tmp_path) == []
+
+
+# --- staging -----------------------------------------------------------------------------------------
+
+
+def test_debris_of_a_killed_install_is_removed_at_the_next(demo_model_dir: Path, tmp_path: Path) -> None:
+    """SIGKILL cannot be caught: what it leaves is cleared by the next install into the same place."""
+    debris = [tmp_path / ".model.staging-x1y2z3", tmp_path / f".model.old-{os.getpid()}-1"]
+    for path in debris:
+        (path / "variables").mkdir(parents=True)
+        (path / "variables" / "variables.data-00000-of-00001").write_bytes(b"half")
+    (tmp_path / ".other.staging-keep").mkdir()  # another destination's: not ours to touch
+    notes: list[str] = []
+    fetch(str(demo_model_dir), tmp_path / "model", notify=notes.append)
+    assert leftovers(tmp_path) == [".other.staging-keep"]
+    assert sorted(notes) == sorted(f"removed {p}, left behind by an install that was killed" for p in debris)
+
+
+def test_one_install_at_a_time(demo_model_dir: Path, tmp_path: Path) -> None:
+    busy = rf"another cassava process is installing a model in {tmp_path}"
+    with model_store._exclusive(tmp_path), pytest.raises(FetchError, match=busy):
+        fetch(str(demo_model_dir), tmp_path / "model")
+    assert fetch(str(demo_model_dir), tmp_path / "model").untrained
 
 
 # --- fetch from local files ------------------------------------------------------------------------

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from cassava.errors import BatchTooLargeError, ModelLoadError, ModelNotFoundError, TensorValueError
-from cassava.labels import CODES, LABELS, NUM_CLASSES
-from cassava.pipeline import BatchResult, Classifier, postprocess
+from cassava.errors import (
+    BatchTooLargeError,
+    ImageDecodeError,
+    ModelLoadError,
+    ModelNotFoundError,
+    TensorValueError,
+)
+from cassava.labels import CODES, NUM_CLASSES
+from cassava.pipeline import BatchResult, Classifier, in_chunks, postprocess
 from cassava.preprocessing import Limits
 
 
@@ -39,12 +46,6 @@ def test_postprocess_takes_the_argmax_and_names_the_classes() -> None:
     assert result.indices.tolist() == [3, 5]
     assert result.codes == ["cmd", "unknown"]
     assert result.probabilities.dtype == np.float32
-    first, second = result.predictions()
-    assert first.label is LABELS[3]
-    assert first.index == 3
-    assert first.confidence == pytest.approx(0.6)
-    assert second.label.code == "unknown"
-    assert second.confidence == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("shape", [(2, 5), (2, 7), (6,), (1, 2, 6)])
@@ -94,7 +95,7 @@ def test_classify_tensor_validates_the_request(classifier: Classifier) -> None:
 
 
 def test_limits_apply_to_both_inputs(classifier: Classifier, sample_jpegs: list[bytes]) -> None:
-    strict = Classifier(classifier.backend, classifier.info, Limits(max_batch_size=2))
+    strict = Classifier(classifier.backend, classifier.info, Limits(max_images=2))
     with pytest.raises(BatchTooLargeError, match="at most 2"):
         strict.classify_images(sample_jpegs[:3])
     with pytest.raises(BatchTooLargeError, match="at most 2"):
@@ -145,3 +146,44 @@ def test_cropnet_graph_maps_n_images_to_n_probabilities(cropnet: Classifier, n: 
 def test_cropnet_graph_through_encoded_images(cropnet: Classifier, sample_jpegs: list[bytes]) -> None:
     result = cropnet.classify_images(sample_jpegs[:2])
     assert_probabilities(result, 2)
+
+
+# --- streaming helpers -----------------------------------------------------------------------------
+
+
+def test_in_chunks_reads_lazily_and_keeps_order() -> None:
+    taken: list[int] = []
+
+    def numbers() -> Iterator[int]:
+        for n in range(7):
+            taken.append(n)
+            yield n
+
+    chunks = in_chunks(numbers(), 3)
+    assert next(chunks) == [0, 1, 2]
+    assert taken == [0, 1, 2]  # nothing read beyond the first chunk
+    assert list(chunks) == [[3, 4, 5], [6]]
+    with pytest.raises(ValueError, match="at least 1"):
+        next(in_chunks([1], 0))
+
+
+def test_concatenate_joins_chunks_in_order(classifier: Classifier, sample_jpegs: list[bytes]) -> None:
+    whole = classifier.classify_images(sample_jpegs)
+    parts = [classifier.classify_images(chunk) for chunk in in_chunks(sample_jpegs, 3)]
+    joined = BatchResult.concatenate(parts)
+    np.testing.assert_array_equal(joined.indices, whole.indices)
+    np.testing.assert_allclose(joined.probabilities, whole.probabilities, atol=1e-6)
+    assert len(BatchResult.concatenate([])) == 0
+
+
+def test_classify_each_skips_only_the_bad_image(classifier: Classifier, sample_jpegs: list[bytes]) -> None:
+    named = [("a.jpg", sample_jpegs[0]), ("bad.jpg", b"not an image"), ("c.jpg", sample_jpegs[2])]
+    result, errors = classifier.classify_each(named)
+    assert list(errors) == [1]
+    assert isinstance(errors[1], ImageDecodeError)
+    assert "bad.jpg" in str(errors[1])
+    expected = classifier.classify_images([sample_jpegs[0], sample_jpegs[2]])
+    np.testing.assert_array_equal(result.indices, expected.indices)
+    nothing, all_bad = classifier.classify_each([("x", b"")])
+    assert len(nothing) == 0
+    assert list(all_bad) == [0]

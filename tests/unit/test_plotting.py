@@ -22,12 +22,12 @@ from cassava.plotting import (
     plot_predictions,
     prediction_figure,
 )
-from conftest import make_leaf_image
+from conftest import encode, make_leaf_image
 
 
 def example(seed: int, label: int | None, size: tuple[int, int] = (90, 60)) -> Example:
-    image = np.asarray(make_leaf_image(seed, size))
-    return Example(f"leaf-{seed}.jpg", image, b"", label)
+    # PNG: lossless, so what is drawn is exactly the generated image.
+    return Example(f"leaf-{seed}.jpg", encode(make_leaf_image(seed, size), "PNG"), label)
 
 
 def test_png_is_written(tmp_path: Path) -> None:
@@ -77,7 +77,8 @@ def test_panels_show_the_image_and_its_name() -> None:
 
 
 def test_long_names_are_shortened_from_the_left() -> None:
-    long = Example("/very/long/path/" * 6 + "leaf.jpg", np.zeros((8, 8, 3), dtype=np.uint8), b"", None)
+    black = encode(Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)), "PNG")
+    long = Example("/very/long/path/" * 6 + "leaf.jpg", black, None)
     (ax,) = prediction_figure([long], [0]).get_axes()
     assert ax.get_title().endswith("leaf.jpg")
     assert ax.get_title().startswith("…")
@@ -97,16 +98,16 @@ def test_headless_without_pyplot(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
         import sys
-        import numpy as np
         from cassava.datasets import Example
         from cassava.plotting import plot_predictions
         from pathlib import Path
-        image = np.zeros((30, 40, 3), dtype=np.uint8)
-        plot_predictions([Example("a", image, b"", 1)], [1], Path({str(tmp_path / "h.png")!r}))
+        image = Path({str(tmp_path / "in.png")!r}).read_bytes()
+        plot_predictions([Example("a", image, 1)], [1], Path({str(tmp_path / "h.png")!r}))
         assert "matplotlib.pyplot" not in sys.modules, "pyplot was imported"
         assert "tensorflow" not in sys.modules, "plotting imported TensorFlow"
         """
     )
+    (tmp_path / "in.png").write_bytes(encode(make_leaf_image(0, (40, 30)), "PNG"))
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "MPLBACKEND")}
     done = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300

@@ -91,15 +91,14 @@ def test_png_bytes_match_the_seed(tf: Any) -> None:
 
 
 @pytest.mark.parametrize("subsampling", [0, 2], ids=["4:4:4", "4:2:0"])
-def test_jpeg_bytes_match_tensorflow_accurate_decoder(tf: Any, subsampling: int) -> None:
+def test_jpeg_bytes_match_the_seed(tf: Any, subsampling: int) -> None:
+    """End to end, from the seed's own decoder: `tf.io.decode_jpeg` with its defaults, as TFDS calls it.
+
+    Pixel by pixel, over every JPEG layout, in test_decode_parity.py."""
     data = encode(make_leaf_image(2, (500, 375)), "JPEG", quality=85, subsampling=subsampling)
     ours = preprocess_images([data], Limits())[0]
-    accurate = tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE")
-    np.testing.assert_allclose(ours, seed_preprocess(tf, accurate), rtol=0, atol=PARITY)
-    # TensorFlow's default JPEG decoder (the one TFDS, and so the seed, used) takes the fast integer
-    # IDCT; Pillow only has the accurate one. The two differ by a few levels in some pixels.
-    fast = tf.io.decode_jpeg(data, channels=3).numpy().astype(np.int16)
-    assert np.abs(decode_image(data, Limits()).astype(np.int16) - fast).max() <= 3
+    theirs = seed_preprocess(tf, tf.io.decode_jpeg(data, channels=3))
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=PARITY)
 
 
 def test_output_is_in_unit_range_for_extreme_pixels() -> None:
@@ -258,13 +257,13 @@ def test_huge_dimensions_are_refused_from_the_header(width: int, height: int) ->
 
 
 def test_batch_limit_at_the_limit_and_one_past(sample_jpegs: list[bytes]) -> None:
-    limits = Limits(max_batch_size=3)
+    limits = Limits(max_images=3)
     assert preprocess_images(sample_jpegs[:3], limits).shape[0] == 3
     with pytest.raises(BatchTooLargeError, match=r"4 images; at most 3 are allowed"):
         preprocess_images(sample_jpegs[:4], limits)
     batch = np.zeros((4, 224, 224, 3), dtype=np.float32)
     check_tensor(batch[:3], limits)
-    with pytest.raises(BatchTooLargeError, match="max_batch_size"):
+    with pytest.raises(BatchTooLargeError, match="max_images"):
         check_tensor(batch, limits)
     check_batch_size(3, limits)
 

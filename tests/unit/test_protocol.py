@@ -1,4 +1,5 @@
-"""`cassava.protocol` without a server: V2 requests as MLServer hands them to the runtime, and outputs."""
+"""`cassava.server.protocol` without a server: V2 requests as MLServer hands them to the runtime,
+and outputs."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from cassava.errors import BatchTooLargeError, ImageDecodeError, RequestFormatEr
 from cassava.labels import CODES, NUM_CLASSES
 from cassava.pipeline import BatchResult
 from cassava.preprocessing import Limits
-from cassava.protocol import decode_request, encode_outputs
+from cassava.server.protocol import decode_request, encode_outputs
 
 PIXELS = 224 * 224 * 3
 
@@ -144,7 +145,7 @@ def test_the_batch_limit_is_checked_before_anything_is_decoded() -> None:
     # Not base64 at all: only a check made before decoding can answer with the batch size.
     request = rest(images_input(["not base64!"] * 5))
     with pytest.raises(BatchTooLargeError, match=r"holds 5 images.*at most 4"):
-        decode_request(request, Limits(max_batch_size=4))
+        decode_request(request, Limits(max_images=4))
 
 
 # --- outputs -------------------------------------------------------------------------------------------
@@ -163,3 +164,50 @@ def test_outputs_have_the_declared_names_datatypes_and_shapes(n: int) -> None:
         CODES[i] for i in result.indices
     ]
     np.testing.assert_allclose(np.asarray(probs.data.root, dtype=np.float32).reshape(n, -1), probabilities)
+
+
+# --- request-wide bounds and strict JSON (issue 9) -------------------------------------------------------
+
+
+def test_a_request_id_at_the_limit_passes_and_one_more_character_is_refused() -> None:
+    from cassava.server.protocol import check_request_id
+
+    check_request_id("x" * 10, 10)
+    check_request_id(None, 10)
+    with pytest.raises(RequestFormatError, match="11 characters long; at most 10"):
+        check_request_id("x" * 11, 10)
+    for bad in ("tab\there", "caf\u00e9", "\x7f", "end "):
+        with pytest.raises(RequestFormatError, match="printable ASCII"):
+            check_request_id(bad, 10)
+
+
+def test_shapes_must_be_json_integers() -> None:
+    from cassava.server.protocol import check_raw_json
+
+    check_raw_json({"inputs": [{"name": "images", "shape": [1, 1]}]})
+    check_raw_json("not an object")  # FastAPI's own validation reports it
+    for shape in (["1"], [1.0], [True], [1, "2"]):
+        with pytest.raises(RequestFormatError, match="non-integer"):
+            check_raw_json({"inputs": [{"name": "images", "shape": shape}]})
+
+
+def test_parameters_are_bounded_by_entries_and_bytes() -> None:
+    from mlserver.types import InferenceRequest
+
+    from cassava.server.protocol import RequestBounds, check_request_bounds
+
+    bounds = RequestBounds(max_id_chars=8, max_parameters=3, max_parameters_bytes=100)
+
+    def request(**parameters: object) -> InferenceRequest:
+        return InferenceRequest.model_validate(
+            {
+                "parameters": parameters,
+                "inputs": [{"name": "images", "datatype": "BYTES", "shape": [1], "data": ["x"]}],
+            }
+        )
+
+    check_request_bounds(request(a=1, b=2, c=3), bounds)
+    with pytest.raises(RequestFormatError, match="4 entries; at most 3"):
+        check_request_bounds(request(a=1, b=2, c=3, d=4), bounds)
+    with pytest.raises(RequestFormatError, match="at most 100 are allowed"):
+        check_request_bounds(request(a="x" * 100), bounds)

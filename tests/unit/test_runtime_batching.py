@@ -19,7 +19,7 @@ from mlserver.types import InferenceRequest
 from cassava.bench import generate_images, seed_request_json
 from cassava.errors import BatchTooLargeError, RequestFormatError
 from cassava.preprocessing import Limits, preprocess_images
-from cassava.runtime import CassavaRuntime
+from cassava.server.runtime import CassavaRuntime
 
 
 def runtime(model_dir: Path, max_batch_size: int, max_images: int = 4) -> CassavaRuntime:
@@ -28,7 +28,7 @@ def runtime(model_dir: Path, max_batch_size: int, max_images: int = 4) -> Cassav
         implementation=CassavaRuntime,
         max_batch_size=max_batch_size,
         max_batch_time=0.1 if max_batch_size > 1 else 0,
-        parameters=ModelParameters(extra={"model_dir": str(model_dir), "max_batch_size": max_images}),
+        parameters=ModelParameters(extra={"model_dir": str(model_dir), "max_images": max_images}),
     )
     model = CassavaRuntime(settings)
     asyncio.run(model.load())

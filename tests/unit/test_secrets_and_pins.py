@@ -34,7 +34,8 @@ SECRET_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
         "a literal assigned to a secret-named key",
         re.compile(
             r"(?i)(?<![A-Za-z])(?:password|passwd|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|"
-            r"client[_-]?secret|auth[_-]?token)(?![A-Za-z])[\"']?\s*[:=]\s*[\"']?(?![$\{<])([^\s\"'#,}]{8,})"
+            r"client[_-]?secret|auth[_-]?token)(?![A-Za-z])[\"']?[ \t]*[:=][ \t]*[\"']?(?![$\{<])"
+            r"([^\s\"'#,}]{8,})"
         ),
     ),
     ("a Kubernetes Secret with data", re.compile(r"(?ms)^kind:\s*Secret\s*$.*?^(?:data|stringData):")),
@@ -81,6 +82,8 @@ def test_the_scanner_finds_planted_secrets() -> None:
         "password: ${REGISTRY_PASSWORD}",
         "token: {{ .Values.token }}",
         "automountServiceAccountToken: false",
+        # a volume from a Kubernetes Secret: the key's value is on the next lines, not a literal
+        "- name: ca\n  secret:\n    secretName: seldon-downstream-server",
         "--hash=sha256:286e71c82c1a38e75bbcf185f9b37d0305ad7786535107cb49bf4df9ff2e1f95",
         "https://tfhub.dev/google/cropnet/classifier/cassava_disease_V1/2",
     ]

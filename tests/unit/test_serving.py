@@ -1,5 +1,6 @@
-"""The pieces of `cassava.serving` and `cassava.launcher` that need no server: the REST body limit, the
-gzip bound, error wording, the log filter and the preflight. tests/integration/ runs them in a server."""
+"""The pieces of `cassava.server.app`, `cassava.server.patches` and `cassava.server.launcher` that need no
+MLServer process: the REST body limit and timeout, the gzip bound, error wording, the log filters, the
+header deadline, worker selection and the preflight. tests/integration/ runs them in a server."""
 
 from __future__ import annotations
 
@@ -8,16 +9,17 @@ import gzip
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cassava.errors import CassavaError, ModelLoadError, ModelNotFoundError
-from cassava.launcher import quick_preflight
-from cassava.logfilter import ClientErrorFilter
-from cassava.server_config import write_model_folder
-from cassava.serving import RequestBodyLimit, describe_validation_errors
+from cassava.server.app import RequestBodyLimit, describe_validation_errors
+from cassava.server.config import write_model_folder
+from cassava.server.launcher import quick_preflight
+from cassava.server.logfilter import MAX_LOGGED_PATH, AccessLogFilter, ClientErrorFilter
 
 LIMIT = 1000
 
@@ -134,7 +136,11 @@ def test_validation_errors_say_where_without_echoing_the_value() -> None:
     assert many.endswith("and 3 more")
 
 
-def test_client_errors_are_logged_as_one_info_line() -> None:
+@pytest.mark.parametrize("logger_name", ["mlserver.parallel", "mlserver.grpc"])
+def test_client_errors_are_logged_once_as_one_info_line(logger_name: str) -> None:
+    """A rejection was logged twice: by the worker (`mlserver.parallel`) and by the server process (the
+    access line, or `mlserver.grpc`). The worker's copy is dropped; the gRPC one is one INFO line."""
+
     class RejectedError(Exception):
         status_code = 400
 
@@ -142,20 +148,295 @@ def test_client_errors_are_logged_as_one_info_line() -> None:
         status_code = 500
 
     records = []
+    kept = []
     for exc in (RejectedError("image #2 is empty"), BrokenError("worker died")):
         try:
             raise exc
         except Exception:
-            record = logging.getLogger("mlserver.parallel").makeRecord(
-                "mlserver.parallel", logging.ERROR, __file__, 1, "An error occurred", (), sys.exc_info()
+            record = logging.getLogger(logger_name).makeRecord(
+                logger_name, logging.ERROR, __file__, 1, "An error occurred", (), sys.exc_info()
             )
-        assert ClientErrorFilter().filter(record)
+        kept.append(ClientErrorFilter().filter(record))
         records.append(record)
     rejected, broken = records
-    assert (rejected.levelno, rejected.exc_info) == (logging.INFO, None)
-    assert rejected.getMessage() == "rejected a request (status 400): image #2 is empty"
+    assert kept == [logger_name != "mlserver.parallel", True]
+    if logger_name == "mlserver.grpc":
+        assert (rejected.levelno, rejected.exc_info) == (logging.INFO, None)
+        assert rejected.getMessage() == "rejected a request (status 400): image #2 is empty"
     assert broken.levelno == logging.ERROR
     assert broken.exc_info is not None
+
+
+def test_the_access_log_shows_no_query_string_and_a_bounded_path() -> None:
+    """uvicorn's access line (uvicorn/protocols/http/h11_impl.py, 0.x: args = client, method, path with
+    query string, HTTP version, status) logged `?token=...` and paths of any length."""
+    secret = "/v2/models/cassava/infer?token=SECRET"
+    long_path = "/v2/" + "x" * 100_000 + "\r\n"
+    lines = []
+    for path in (secret, long_path, "/v2/\x1b[31mred"):
+        record = logging.getLogger("uvicorn.access").makeRecord(
+            "uvicorn.access",
+            logging.INFO,
+            __file__,
+            1,
+            '%s - "%s %s HTTP/%s" %d',
+            ("1.2.3.4:5", "POST", path, "1.1", 400),
+            None,
+        )
+        assert AccessLogFilter().filter(record)
+        lines.append(record.getMessage())
+    assert "SECRET" not in lines[0]
+    assert "/v2/models/cassava/infer" in lines[0]
+    assert len(lines[1]) < MAX_LOGGED_PATH + 60
+    assert "\x1b" not in lines[2]
+
+
+# --- body and header timeouts, connection cap -------------------------------------------------------------
+
+
+def test_a_body_that_does_not_arrive_in_time_is_408() -> None:
+    """uvicorn has no body read timeout: a body one byte short was held open for as long as the client
+    liked (16 such connections kept 992 MB resident)."""
+    sent: list[dict[str, Any]] = []
+    reached_app = False
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        nonlocal reached_app
+        reached_app = True
+
+    async def trickle() -> dict[str, Any]:
+        await asyncio.sleep(0.05)
+        return {"type": "http.request", "body": b"x", "more_body": True}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/", "headers": [(b"content-length", b"900")]}
+    started = time.perf_counter()
+    asyncio.run(RequestBodyLimit(app, max_bytes=LIMIT, timeout=0.5)(scope, trickle, send))
+    elapsed = time.perf_counter() - started
+    assert not reached_app
+    assert sent[0]["status"] == 408
+    assert (b"connection", b"close") in sent[0]["headers"]
+    assert 0.4 < elapsed < 2.0
+
+
+def test_a_body_within_the_timeout_passes() -> None:
+    status, seen = call([b"x" * 10, b"y" * 10], {})
+    assert (status, seen["size"]) == (200, 20)
+
+
+def test_json_keys_are_counted_before_parsing() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("the body reached the app")
+
+    sent: list[dict[str, Any]] = []
+    messages = [{"type": "http.request", "body": b'{"a":1,"b":2,"c":3}', "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/",
+        "headers": [(b"content-type", b"application/json")],
+    }
+    asyncio.run(RequestBodyLimit(app, max_bytes=LIMIT, max_json_keys=2)(scope, receive, send))
+    assert sent[0]["status"] == 400
+
+
+def _serve_with_header_timeout(timeout: float, steps: Any) -> Any:
+    """Run uvicorn with cassava's protocol class on a free port around `steps(port)` (a coroutine)."""
+    import uvicorn
+
+    from cassava.server.patches import GuardedH11Protocol
+    from cassava.server.process import free_port
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def main() -> Any:
+        port = free_port()
+        protocol = type("P", (GuardedH11Protocol,), {"header_timeout": timeout})
+        server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=port, http=protocol, log_level="error", lifespan="off")
+        )
+        task = asyncio.ensure_future(server.serve())
+        while not server.started:
+            await asyncio.sleep(0.01)
+        try:
+            return await steps(port)
+        finally:
+            server.should_exit = True
+            await task
+
+    return asyncio.run(main())
+
+
+async def _closed_after(reader: asyncio.StreamReader, limit: float) -> float | None:
+    started = time.perf_counter()
+    try:
+        data = await asyncio.wait_for(reader.read(), limit)
+    except TimeoutError:
+        return None
+    return time.perf_counter() - started if data == b"" else None
+
+
+def test_a_connection_that_never_finishes_its_headers_is_closed() -> None:
+    """uvicorn 0.x has no header read timeout (`timeout_keep_alive` only covers idle time between
+    requests): a half-sent request line stayed open for 300 s and more."""
+
+    async def steps(port: int) -> tuple[float | None, float | None, bytes]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        await writer.drain()
+        slow = await _closed_after(reader, 3.0)
+        # A keep-alive connection that starts its next request and stalls is closed too.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = await reader.readuntil(b"ok")
+        writer.write(b"GET / HTTP/1.1\r\nHo")
+        await writer.drain()
+        second = await _closed_after(reader, 3.0)
+        return slow, second, first
+
+    slow, second, first = _serve_with_header_timeout(0.5, steps)
+    assert slow is not None
+    assert slow < 1.5
+    assert first.startswith(b"HTTP/1.1 200")
+    assert second is not None
+    assert second < 1.5
+
+
+def test_a_slow_but_complete_request_is_served() -> None:
+    async def steps(port: int) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for part in (b"GET / HTTP/1.1\r\n", b"Host: x\r\n", b"\r\n"):
+            writer.write(part)
+            await writer.drain()
+            await asyncio.sleep(0.1)
+        return await reader.readuntil(b"ok")
+
+    assert _serve_with_header_timeout(1.0, steps).startswith(b"HTTP/1.1 200")
+
+
+def test_over_the_connection_cap_is_503_with_retry_after() -> None:
+    """uvicorn's own answer over `limit_concurrency` (uvicorn/protocols/http/flow_control.py
+    `service_unavailable`) is plain text without Retry-After; `patches.apply` replaces it."""
+    from uvicorn.protocols.http import h11_impl
+
+    from cassava.server import patches
+
+    patches.apply()
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(h11_impl.service_unavailable({}, None, send))  # type: ignore[arg-type]
+    headers = dict(sent[0]["headers"])
+    assert sent[0]["status"] == 503
+    assert headers[b"retry-after"] == b"1"
+    assert b"max_connections" in sent[1]["body"]
+
+
+# --- worker loss, gRPC bounds ------------------------------------------------------------------------------
+
+
+class _Worker:
+    def __init__(self, alive: bool) -> None:
+        self.alive = alive
+
+    def is_alive(self) -> bool:
+        return self.alive
+
+
+def test_a_dead_worker_still_in_the_rotation_is_skipped() -> None:
+    """mlserver/parallel/dispatcher.py (1.7.1) keeps a dead worker in its round-robin until the pool
+    notices the death; requests sent to it in between failed with 500."""
+    from itertools import cycle
+
+    from cassava.server import patches
+
+    workers = {1: _Worker(alive=False), 2: _Worker(alive=True)}
+
+    class Dispatcher:
+        def __init__(self) -> None:
+            self._workers = workers
+            self._workers_round_robin = cycle(workers)
+
+        def _reset_round_robin(self) -> Any:
+            self._workers_round_robin = cycle(self._workers)
+            return self._workers_round_robin
+
+        def _get_worker(self) -> Any:
+            pid = next(self._workers_round_robin)
+            return self._workers[pid], pid
+
+    class Pool:
+        _dispatcher = Dispatcher()
+
+    counts: list[int] = []
+    patches.watch_workers(Pool, counts.append)
+    picked = [Pool._dispatcher._get_worker()[1] for _ in range(6)]
+    assert picked == [2] * 6
+    workers[2].alive = False
+    with pytest.raises(patches.NoWorkerReadyError) as caught:
+        Pool._dispatcher._get_worker()
+    assert caught.value.status_code == 503
+    assert caught.value.retry_after == patches.RETRY_AFTER_SECONDS
+
+
+def test_grpc_parameters_and_ids_are_bounded_before_conversion(monkeypatch: pytest.MonkeyPatch) -> None:
+    """mlserver/grpc/converters.py (1.7.1) `ModelInferRequestConverter.to_types` converts every
+    `parameters` entry before anything checks them (1 million entries: 10.7 s)."""
+    from mlserver.grpc import converters
+    from mlserver.grpc import dataplane_pb2 as pb
+
+    from cassava.server import patches
+    from cassava.server.protocol import InvalidRequestError, RequestBounds
+
+    monkeypatch.setattr(patches, "_grpc_bounds", None)  # restored after the test
+    patches.bound_grpc_requests(RequestBounds(max_id_chars=16, max_parameters=4, max_parameters_bytes=1000))
+    request = pb.ModelInferRequest(model_name="cassava", id="ok")
+    for i in range(4):
+        request.parameters[f"k{i}"].int64_param = i
+    assert converters.ModelInferRequestConverter.to_types(request).id == "ok"
+    request.parameters["k4"].int64_param = 4
+    with pytest.raises(InvalidRequestError, match="5 entries; at most 4"):
+        converters.ModelInferRequestConverter.to_types(request)
+    with pytest.raises(InvalidRequestError, match="printable ASCII"):
+        converters.ModelInferRequestConverter.to_types(pb.ModelInferRequest(id="a\nb"))
+    with pytest.raises(InvalidRequestError, match="17 characters long"):
+        converters.ModelInferRequestConverter.to_types(pb.ModelInferRequest(id="x" * 17))
+
+
+# --- the launcher: a port already in use ------------------------------------------------------------------
+
+
+def test_a_port_in_use_is_named() -> None:
+    import socket
+
+    from cassava.server.launcher import ports_in_use
+    from cassava.server.process import free_port
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        free = free_port()
+        message = ports_in_use("127.0.0.1", {"REST (http_port)": free, "gRPC (grpc_port)": taken})
+    assert message is not None
+    assert f"port {taken}" in message
+    assert "gRPC" in message
+    assert ports_in_use("127.0.0.1", {"REST (http_port)": free}) is None
 
 
 # --- preflight ------------------------------------------------------------------------------------------
@@ -196,3 +477,33 @@ def test_preflight_refuses_unreadable_model_settings(tmp_path: Path) -> None:
     (tmp_path / "model-settings.json").write_text("{ not json")
     with pytest.raises(CassavaError, match=r"model-settings.json is not readable JSON"):
         quick_preflight(tmp_path)
+
+
+def test_grpc_parameters_are_counted_on_the_wire_before_parsing() -> None:
+    """The 1-million-entry message stalled the event loop in protobuf's parser (grpc.aio deserializes
+    on the loop); the count reads the wire format (protobuf's encoding guide: tag = field << 3 | wire
+    type; dataplane.proto's field numbers) and stops at the limit + 1."""
+    from mlserver.grpc import dataplane_pb2 as pb
+
+    from cassava.server.patches import count_parameters
+
+    request = pb.ModelInferRequest(model_name="cassava", id="x")
+    request.inputs.add(name="images", datatype="BYTES", shape=[1])
+    request.outputs.add(name="class_index")
+    request.raw_input_contents.append(b"\x03\x00\x00\x00abc")
+    for i in range(4):
+        request.parameters[f"k{i}"].int64_param = i
+        request.inputs[0].parameters[f"k{i}"].string_param = "v"
+        request.outputs[0].parameters[f"k{i}"].bool_param = True
+    raw = request.SerializeToString()
+    assert count_parameters(raw, 4) is None
+    assert count_parameters(raw, 3) == "the request's"
+    request.parameters.clear()
+    assert count_parameters(request.SerializeToString(), 3) == "an input's"
+    request.inputs[0].parameters.clear()
+    assert count_parameters(request.SerializeToString(), 3) == "an output's"
+    assert count_parameters(b"\xff\xff", 3) is None  # not protobuf: left to protobuf's parser
+    huge = pb.ModelInferRequest()
+    for i in range(200_000):
+        huge.parameters[f"k{i}"].int64_param = i
+    assert count_parameters(huge.SerializeToString(), 64) == "the request's"

@@ -13,8 +13,6 @@ import numpy as np
 
 from cassava.settings import Backend as BackendName
 
-ONNX_FILENAME = "model.onnx"
-
 
 class Backend(Protocol):
     name: str
@@ -22,6 +20,19 @@ class Backend(Protocol):
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """float32 [N, 224, 224, 3] -> float32 [N, 6] softmax probabilities."""
         ...
+
+
+def artifact_file(name: BackendName) -> str:
+    """The file in a model directory that the backend loads: each backend module owns its name."""
+    if name == "tensorflow":
+        from cassava.backends.tensorflow import ARTIFACT_FILE
+
+        return ARTIFACT_FILE
+    if name == "onnx":
+        from cassava.backends.onnx import ARTIFACT_FILE as ONNX_ARTIFACT
+
+        return ONNX_ARTIFACT
+    raise ValueError(f"unknown backend {name!r}; choose 'tensorflow' or 'onnx'")
 
 
 def load_backend(name: BackendName, model_dir: Path, threads: int = 0) -> Backend:
@@ -32,5 +43,5 @@ def load_backend(name: BackendName, model_dir: Path, threads: int = 0) -> Backen
     if name == "onnx":
         from cassava.backends.onnx import OnnxBackend
 
-        return OnnxBackend(model_dir / ONNX_FILENAME, threads=threads)
+        return OnnxBackend(model_dir / artifact_file("onnx"), threads=threads)
     raise ValueError(f"unknown backend {name!r}; choose 'tensorflow' or 'onnx'")

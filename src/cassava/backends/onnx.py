@@ -21,6 +21,9 @@ from cassava.preprocessing import CHANNELS, IMAGE_SIZE
 #: on a quiet one they made no difference (docs/onnx.md).
 MICRO_BATCH = 4
 
+#: The exported model's file in a model directory (`cassava model export` writes it).
+ARTIFACT_FILE = "model.onnx"
+
 
 class OnnxBackend:
     name = "onnx"

@@ -16,6 +16,9 @@ from cassava.errors import ModelLoadError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+#: The SavedModel's graph file; the model directory is what TensorFlow loads.
+ARTIFACT_FILE = "saved_model.pb"
+
 
 class TensorFlowBackend:
     name = "tensorflow"

@@ -1,14 +1,18 @@
 """`cassava bench`: load-test any V2 endpoint of the model, or measure the in-process limit.
 
     cassava bench http://localhost:8080 --concurrency 8             # REST, one generated JPEG a request
+    cassava bench http://localhost:8080 --rate 20                   # open loop: 20 requests/s
+    cassava bench --backend onnx --rate 5,10,20,40 --slo-ms 250     # latency-vs-rate sweep, server here
     cassava bench grpc://localhost:8081 --batch 16 --images photos/
     cassava bench http://HOST/seldon/NS/cassava --encoding tensor --batch 16   # the seed's request
     cassava bench --in-process --backend onnx --batch 16            # no server: the pipeline's limit
     cassava bench --backend onnx --workers 2 --soak --duration 600  # start a server here and soak it
 
 Without a TARGET (and without --in-process) it starts `mlserver start` here with the options given,
-measures its cold start, runs against it and stops it. `make bench` runs the whole matrix
-(`cassava.bench_matrix`) and writes docs/performance.md.
+measures its cold start, runs against it and stops it. `--concurrency` (closed loop: that many requests
+always in flight) is the default; `--rate` (open loop: requests sent at scheduled arrival times, each
+latency counted from its scheduled time) shows the queueing a real load builds. `make bench` runs the
+whole matrix (`python -m benchmarks`, in the repository only) and writes docs/performance.md.
 """
 
 from __future__ import annotations
@@ -25,10 +29,12 @@ from rich.table import Table
 
 from cassava.cli._common import console, fail, reports_errors, warn_untrained
 from cassava.client import Transport
-from cassava.settings import Backend
+from cassava.settings import Backend, CassavaSettings
 
 if TYPE_CHECKING:
-    from cassava.bench import BenchReport, LoadSpec, ServerConfig, Tick
+    from collections.abc import Callable, Sequence
+
+    from cassava.bench import BenchReport, LoadSpec, RatePoint, ServerConfig, SloCapacity, Tick
 
 
 @reports_errors
@@ -46,7 +52,32 @@ def bench(
     size: str = typer.Option("640x480", "--size", help="WxH of the generated JPEGs."),
     quality: int = typer.Option(90, "--quality", min=1, max=100, help="JPEG quality of generated images."),
     batch: int = typer.Option(1, "--batch", min=1, help="Images per request."),
-    concurrency: int = typer.Option(1, "--concurrency", "-c", min=1, help="Requests in flight."),
+    concurrency: int = typer.Option(
+        None, "--concurrency", "-c", min=1, help="Closed loop: requests in flight. [default: 1]"
+    ),
+    rate: str = typer.Option(
+        None,
+        "--rate",
+        help="Open loop: requests per second, sent on schedule whether or not earlier ones have "
+        "answered. A comma-separated list sweeps the rates in turn (latency against rate).",
+        show_default=False,
+    ),
+    arrivals: str = typer.Option(
+        "constant", "--arrivals", help="With --rate: constant spacing, or poisson (random gaps)."
+    ),
+    max_in_flight: int = typer.Option(
+        256,
+        "--max-in-flight",
+        min=1,
+        help="With --rate: most unanswered requests; an arrival beyond them is dropped, not sent.",
+    ),
+    slo_ms: float = typer.Option(
+        None,
+        "--slo-ms",
+        min=0.001,
+        help="With a --rate list: the p99 objective the sweep reports the highest rate within; it "
+        "stops after the first rate beyond twice the objective. [default: 250]",
+    ),
     duration: float = typer.Option(10.0, "--duration", min=0.1, help="Measured seconds."),
     warmup: float = typer.Option(2.0, "--warmup", min=0.0, help="Seconds of load before measuring."),
     encoding: str = typer.Option(
@@ -66,14 +97,28 @@ def bench(
         False, "--in-process", help="No server: Classifier.classify_images (decode + preprocess + model)."
     ),
     model: Path = typer.Option(
-        None, "--model", help="Model directory (in-process or a server started here). Default: the cache."
+        None,
+        "--model",
+        help="Model directory (in-process or a server started here). Default: CASSAVA_MODEL_DIR, else "
+        "the cache.",
     ),
-    backend: Backend = typer.Option("tensorflow", "--backend", help="Backend (in-process or started here)."),
+    backend: Backend = typer.Option(
+        None,
+        "--backend",
+        help="Backend (in-process or started here). Default: CASSAVA_BACKEND, else tensorflow.",
+    ),
     threads: int = typer.Option(
-        None, "--threads", min=0, help="Inference threads per worker / in-process (0: backend default)."
+        None,
+        "--threads",
+        min=0,
+        help="Inference threads per worker / in-process (0: backend default). Default: "
+        "CASSAVA_INFERENCE_THREADS.",
     ),
     fast_decode: bool = typer.Option(
-        False, "--fast-decode", help="Approximate JPEG decoding by DCT scaling (in-process or started here)."
+        False,
+        "--fast-decode",
+        help="Approximate JPEG decoding by DCT scaling (in-process or started here). Default: "
+        "CASSAVA_FAST_DECODE.",
     ),
     workers: int = typer.Option(None, "--workers", min=0, help="Parallel workers of a server started here."),
     transport: str = typer.Option("rest", "--transport", help="rest or grpc, for a server started here."),
@@ -102,6 +147,25 @@ def bench(
     """Measure images/s, requests/s, latency percentiles and errors of an endpoint (or in-process)."""
     from cassava import bench as b
 
+    if rate is not None and concurrency is not None:
+        raise fail(
+            "give --rate (open loop: requests sent at a fixed rate) or --concurrency (closed loop: "
+            "a fixed number of requests in flight), not both"
+        )
+    rates = _rates(rate)
+    if arrivals not in ("constant", "poisson"):
+        raise fail(f"--arrivals must be constant or poisson, not {arrivals!r}")
+    if rates and in_process:
+        raise fail("--rate loads a server; --in-process has none (use --batch and --duration)")
+    if slo_ms is not None and len(rates) < 2:
+        raise fail("--slo-ms judges a sweep: give --rate a comma-separated list of rates")
+    concurrency = concurrency or 1
+    # A flag beats its CASSAVA_* variable, which beats the default; a server started here reads the
+    # variables itself, so only the flags given are passed on to it.
+    settings = CassavaSettings().with_flags(
+        model_dir=model, backend=backend, inference_threads=threads, fast_decode=fast_decode or None
+    )
+
     if encoding not in ("bytes", "tensor"):
         raise fail(f"--encoding must be bytes or tensor, not {encoding!r}")
     if transport not in ("rest", "grpc"):
@@ -112,23 +176,27 @@ def bench(
         raise fail("--in-process measures the encoded images' pipeline; --encoding tensor needs a server")
     window_s = window or (60.0 if soak else None)
     data = _images(images, generate, size, quality)
+    load = (
+        f"concurrency {concurrency}"
+        if not rates
+        else f"{', '.join(f'{r:g}' for r in rates)} requests/s "
+        f"({arrivals}, at most {max_in_flight} in flight)"
+    )
     console.print(
         f"{len(data)} images, {sum(map(len, data)) / len(data) / 1024:.0f} KiB each on average; "
-        f"batch {batch}, concurrency {concurrency}, warm-up {warmup:g} s, measured {duration:g} s"
+        f"batch {batch}, {load}, warm-up {warmup:g} s, measured {duration:g} s"
     )
     if in_process:
-        from cassava.model_store import resolve_model_dir
-
         with _ProgressBar(warmup + duration) as tick:
             report = b.run_in_process(
                 data,
-                model_dir=resolve_model_dir(model),
-                backend=backend,
+                model_dir=settings.model_directory(),
+                backend=settings.backend,
                 batch=batch,
                 duration_s=duration,
                 warmup_s=warmup,
-                threads=threads or 0,
-                fast_decode=fast_decode,
+                threads=settings.inference_threads,
+                limits=settings.limits(),
                 window_s=window_s,
                 on_tick=tick,
             )
@@ -144,21 +212,36 @@ def bench(
             window_s=window_s,
             rss_every_s=sample_every,
             encode_each=encode_each,
+            rate=rates[0] if rates else None,
+            arrivals="poisson" if arrivals == "poisson" else "constant",
+            max_in_flight=max_in_flight,
         )
+        config = b.ServerConfig(
+            backend=settings.backend,
+            workers=workers,
+            adaptive_batch_size=adaptive_batch_size,
+            adaptive_batch_time=adaptive_batch_time,
+            threads=threads,
+            fast_decode=fast_decode,
+        )
+        served: Transport = "grpc" if transport == "grpc" else "rest"
+        if len(rates) > 1:
+            sweep = _Sweep(spec, data, rates, b.DEFAULT_SLO_MS if slo_ms is None else slo_ms)
+            if target:
+                sweep(target, server_pid)
+            else:
+                _self_served(sweep, config, settings.model_directory(), served)
+            sweep.finish(json_out, chart)
+            return
         if target:
             if soak and server_pid is None:
                 console.print("[yellow]no --server-pid: the server's memory is not sampled[/]")
             report = _served(spec, data, server_pid)
         else:
-            config = b.ServerConfig(
-                backend=backend,
-                workers=workers,
-                adaptive_batch_size=adaptive_batch_size,
-                adaptive_batch_time=adaptive_batch_time,
-                threads=threads,
-                fast_decode=fast_decode,
-            )
-            report = _self_served(spec, data, config, model, "grpc" if transport == "grpc" else "rest")
+            one = _One(spec, data)
+            _self_served(one, config, settings.model_directory(), served)
+            assert one.report is not None
+            report = one.report
     show(report, windows=soak)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
@@ -186,6 +269,19 @@ def _images(paths: list[Path] | None, generate: int, size: str, quality: int) ->
     return b.generate_images(generate, (width, height), quality=quality)
 
 
+def _rates(text: str | None) -> list[float]:
+    """`--rate 20` or `--rate 5,10,20`: positive requests/s figures, in increasing order."""
+    if text is None:
+        return []
+    try:
+        rates = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise fail(f"--rate takes requests per second, e.g. 20 or 5,10,20, not {text!r}") from None
+    if not rates or any(not (r > 0 and math.isfinite(r)) for r in rates):
+        raise fail(f"--rate figures must be positive requests per second, not {text!r}")
+    return sorted(set(rates))
+
+
 def _served(spec: LoadSpec, data: list[bytes], server_pid: int | None) -> BenchReport:
     from cassava import bench as b
 
@@ -193,29 +289,107 @@ def _served(spec: LoadSpec, data: list[bytes], server_pid: int | None) -> BenchR
         return b.run_load(spec, data, server_pid=server_pid, on_tick=tick)
 
 
+class _One:
+    """One run against the target a server of the bench's own gives it."""
+
+    def __init__(self, spec: LoadSpec, data: list[bytes]) -> None:
+        self.spec, self.data = spec, data
+        self.report: BenchReport | None = None
+
+    def __call__(self, target: str, server_pid: int | None) -> list[BenchReport]:
+        from dataclasses import replace
+
+        self.report = _served(replace(self.spec, target=target), self.data, server_pid)
+        return [self.report]
+
+
+class _Sweep:
+    """Open-loop runs at each rate against one server, stopping after the first beyond twice the
+    objective; then the curve, the highest rate within the objective, and where p99 crosses it."""
+
+    def __init__(self, spec: LoadSpec, data: list[bytes], rates: list[float], slo_ms: float) -> None:
+        self.spec, self.data, self.rates, self.slo_ms = spec, data, rates, slo_ms
+        self.reports: list[BenchReport] = []
+
+    def __call__(self, target: str, server_pid: int | None) -> list[BenchReport]:
+        from dataclasses import replace
+
+        from cassava import bench as b
+
+        def beyond(report: BenchReport) -> bool:
+            # Twice the objective, not the objective itself: one unlucky tail just past it on a busy
+            # machine should not end the curve before its knee.
+            return not b.meets_slo(b.RatePoint.of(report), 2 * self.slo_ms)
+
+        def shown(report: BenchReport) -> None:
+            point = b.RatePoint.of(report)
+            console.print(
+                f"{point.rate:g} requests/s: achieved {point.achieved_rate:,.2f}/s, p50 / p99 "
+                f"{_ms(point.latency_ms['p50'])} / {_ms(point.latency_ms['p99'])} ms, "
+                f"{point.drops} dropped, {point.errors} errors"
+            )
+
+        with _ProgressBar(self.spec.warmup_s + self.spec.duration_s) as tick:
+            self.reports = b.run_sweep(
+                replace(self.spec, target=target),
+                self.data,
+                self.rates,
+                server_pid=server_pid,
+                stop_after=beyond,
+                on_report=shown,
+                on_tick=tick,
+            )
+        return self.reports
+
+    def finish(self, json_out: Path | None, chart: Path | None) -> None:
+        from cassava import bench as b
+
+        points = [b.RatePoint.of(r) for r in self.reports]
+        capacity = b.slo_capacity(points, self.slo_ms)
+        show_curve(points, capacity)
+        if json_out is not None:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            data = {
+                "points": [p.to_dict() for p in points],
+                "capacity": capacity.to_dict(),
+                "reports": [r.to_dict() for r in self.reports],
+            }
+            json_out.write_text(json.dumps(data, indent=2) + "\n")
+            console.print(f"wrote {json_out}")
+        if chart is not None:
+            from cassava.plotting import plot_latency_vs_rate
+
+            written = plot_latency_vs_rate([p.to_dict() for p in points], chart, capacity.to_dict())
+            console.print(f"wrote {written}")
+        if not any(p.answered for p in points):
+            raise typer.Exit(1)
+
+
 def _self_served(
-    spec: LoadSpec, data: list[bytes], config: ServerConfig, model: Path | None, transport: Transport
-) -> BenchReport:
-    from dataclasses import replace
-
+    run: Callable[[str, int | None], list[BenchReport]],
+    config: ServerConfig,
+    model_dir: Path,
+    transport: Transport,
+) -> None:
+    """Start a server of the bench's own, call `run(target, pid)` against it, stop it; each report
+    notes the server and its cold start."""
     from cassava import bench as b
-    from cassava.model_store import ONNX_FILE, SAVED_MODEL_FILE, read_info, resolve_model_dir
+    from cassava.backends import artifact_file
+    from cassava.model_store import read_info
 
-    model_dir = resolve_model_dir(model).resolve()
-    info = read_info(model_dir, need=ONNX_FILE if config.backend == "onnx" else SAVED_MODEL_FILE)
+    model_dir = model_dir.resolve()
+    info = read_info(model_dir, need=artifact_file(config.backend))
     warn_untrained(info.warning)
     with tempfile.TemporaryDirectory(prefix="cassava-bench-") as workdir:
         console.print(f"starting a server: {config.label}")
         server = b.start_server(Path(workdir), model_dir, config)
         try:
             console.print(f"ready after {server.cold_start_s:.1f} s (pid {server.process.pid})")
-            spec = replace(spec, target=server.target(transport))
-            with _ProgressBar(spec.warmup_s + spec.duration_s) as tick:
-                report = b.run_load(spec, data, server_pid=server.process.pid, on_tick=tick)
+            reports = run(server.target(transport), server.process.pid)
         finally:
             server.stop()
-    report.info.update(server=config.label, cold_start_s=server.cold_start_s)
-    return report
+    for report in reports:
+        report.info.update(server=config.label, cold_start_s=server.cold_start_s)
 
 
 class _ProgressBar:
@@ -256,14 +430,30 @@ def show(report: BenchReport, *, windows: bool = False) -> None:
     table = Table(title=f"cassava bench: {report.label}", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
-    rows: list[tuple[str, str]] = [
-        ("target", report.target),
-        ("images/s", f"{report.images_per_s:,.1f}"),
-        ("requests/s", f"{report.requests_per_s:,.2f}"),
-        ("requests ok / errors", f"{report.requests:,} / {report.error_count:,}"),
+    rows: list[tuple[str, str]] = [("target", report.target)]
+    if report.rate is not None:
+        rows += [
+            ("offered", f"{report.rate:g} requests/s, {report.arrivals}: {report.offered:,} arrivals"),
+            ("achieved requests/s", f"{report.requests_per_s:,.2f}"),
+            ("images/s", f"{report.images_per_s:,.1f}"),
+            (
+                "answered / dropped / errors",
+                f"{report.requests:,} / {report.drop_count:,} / {report.error_count:,}",
+            ),
+        ]
+        if report.drops:
+            rows.append(("drops by reason", ", ".join(f"{k} {n}" for k, n in report.drops.items())))
+    else:
+        rows += [
+            ("images/s", f"{report.images_per_s:,.1f}"),
+            ("requests/s", f"{report.requests_per_s:,.2f}"),
+            ("requests ok / errors", f"{report.requests:,} / {report.error_count:,}"),
+        ]
+    rows += [
         (
             "latency p50 / p90 / p99",
-            " / ".join(_ms(report.latency_ms[q]) for q in ("p50", "p90", "p99")) + " ms",
+            " / ".join(_ms(report.latency_ms[q]) for q in ("p50", "p90", "p99"))
+            + (" ms from the scheduled send" if report.rate is not None else " ms"),
         ),
     ]
     if report.request_bytes_per_image is not None:
@@ -306,3 +496,35 @@ def show(report: BenchReport, *, windows: bool = False) -> None:
                 "-" if w.rss_mb is None else f"{w.rss_mb:,.0f}",
             )
         console.print(per)
+
+
+def show_curve(points: Sequence[RatePoint], capacity: SloCapacity) -> None:
+    """A sweep as a table: each rate's latency, drops and errors, then the objective's verdict."""
+    table = Table(
+        "offered /s", "achieved /s", "p50 ms", "p90 ms", "p99 ms", "dropped", "errors", "within",
+        title=f"latency against rate (objective: {capacity.percentile} <= {capacity.slo_ms:g} ms)",
+        title_justify="left",
+    )  # fmt: skip
+    from cassava import bench as b
+
+    for p in points:
+        table.add_row(
+            f"{p.rate:g}",
+            f"{p.achieved_rate:,.2f}",
+            *(_ms(p.latency_ms[q]) for q in ("p50", "p90", "p99")),
+            f"{p.drops:,}",
+            f"{p.errors:,}",
+            "yes" if b.meets_slo(p, capacity.slo_ms, capacity.percentile) else "[red]no[/]",
+        )
+    console.print(table)
+    if capacity.max_rate_met is None:
+        console.print(
+            f"[red]even the lowest rate, {min(p.rate for p in points):g}/s, misses the objective[/]"
+        )
+        return
+    line = f"highest rate within the objective: {capacity.max_rate_met:g} requests/s"
+    if capacity.crossing_rate is not None:
+        line += f"; {capacity.percentile} crosses {capacity.slo_ms:g} ms at ~{capacity.crossing_rate:,.1f}/s"
+    elif capacity.first_rate_missed is None:
+        line += " (every rate swept was within it: sweep higher to find the limit)"
+    console.print(line)

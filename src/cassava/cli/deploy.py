@@ -25,20 +25,39 @@ def render(
     replicas: int = typer.Option(
         None, "--replicas", min=1, help="Replicas to run, and the autoscaler's minimum. Default: 2."
     ),
+    autoscale: bool = typer.Option(
+        False,
+        "--autoscale",
+        help="seldon-v1, seldon-v2: add a CPU autoscaler (2-10 replicas); without it the count is fixed, as "
+        "in the seed (`kubectl scale sdep cassava --replicas=3`). kserve and kubernetes always autoscale.",
+    ),
     namespace: str = typer.Option(None, "--namespace", "-n", help="Namespace of every object."),
     model_uri: str = typer.Option(
         None, "--model-uri", help="seldon-v2 only: the folder holding model-settings.json (Model.storageUri)."
     ),
     deploy_dir: Path = typer.Option(
-        None, "--deploy-dir", help="The deploy/ directory. Default: ./deploy, else the project checkout."
+        None,
+        "--deploy-dir",
+        help="The deploy/ directory. Default: ./deploy, else the project checkout, else the installed copy.",
     ),
     output: Path = typer.Option(None, "--output", "-o", help="Write to this file instead of stdout."),
 ) -> None:
-    """Print the manifests of one target, ready for `kubectl apply -f -`."""
-    from cassava.manifests import render as render_manifests
+    """Print the manifests of one target, ready for `kubectl apply -f -`.
+
+    The server's REST port also serves the diagnosis web page at `/`, wherever the API is reachable. To
+    turn it off, set CASSAVA_WEB_UI=false on the container (env of the `cassava` container in
+    deploy/base/pod-template.yaml, or a kustomize patch); the API is unchanged.
+    """
+    from cassava.ops.manifests import render as render_manifests
 
     text = render_manifests(
-        target, image, replicas=replicas, namespace=namespace, model_uri=model_uri, deploy_dir=deploy_dir
+        target,
+        image,
+        replicas=replicas,
+        namespace=namespace,
+        model_uri=model_uri,
+        deploy_dir=deploy_dir,
+        autoscale=autoscale,
     )
     if output is None:
         typer.echo(text, nl=False)

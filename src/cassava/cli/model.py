@@ -9,6 +9,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from cassava.cli._common import console, err_console, fail, reports_errors, warn_untrained
+from cassava.download import DEFAULT_DEADLINE_S, DownloadLimits
+from cassava.errors import CassavaError
 from cassava.export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, PARITY_TOLERANCE
 
 app = typer.Typer(
@@ -16,23 +18,58 @@ app = typer.Typer(
 )
 
 
+def _size(text: str) -> int:
+    from pydantic import ByteSize, TypeAdapter, ValidationError
+
+    try:
+        return int(TypeAdapter(ByteSize).validate_python(text))
+    except ValidationError:
+        raise typer.BadParameter(f"{text!r} is not a size; write e.g. 2GiB, 500MB or 1000000") from None
+
+
 @app.command()
-@reports_errors
 def fetch(
     source: str = typer.Option(
         None,
         "--from",
-        help="A SavedModel directory, a .tar.gz file or an http(s) URL. Default: the TF Hub handle.",
+        help="A SavedModel directory, a .tar.gz file or an http(s) URL. Default: TF Hub, then Kaggle.",
         show_default=False,
     ),
     dest: Path = typer.Option(
         None, help="Model directory to write. Default: the cache (see `cassava model path`)."
     ),
-    force: bool = typer.Option(False, "--force", help="Replace an existing model directory."),
+    force: bool = typer.Option(
+        False, "--force", help="Replace an existing model (the untrained stand-in is replaced anyway)."
+    ),
+    if_missing: bool = typer.Option(
+        False, "--if-missing", help="Do nothing when the destination already holds a real model."
+    ),
+    sha256: str = typer.Option(
+        None,
+        help="Expected SHA-256 of the archive. Default: the one recorded when this model was first fetched.",
+        show_default=False,
+    ),
+    max_size: str = typer.Option(
+        "1GiB", help="Largest download, and largest total of the unpacked files (e.g. 2GiB, 500MB)."
+    ),
+    deadline: float = typer.Option(
+        DEFAULT_DEADLINE_S, min=1.0, help="Seconds the whole download may take, retries included."
+    ),
+    retries: int = typer.Option(
+        DownloadLimits.attempts - 1,
+        min=0,
+        help="Retries per source after a connection error, HTTP 5xx or an expired signed URL.",
+    ),
 ) -> None:
     """Download CropNet (or install it from --from), verify it, and move it into place atomically."""
     from cassava import model_store
 
+    limits = DownloadLimits(max_size=_size(max_size), deadline_s=deadline, attempts=retries + 1)
+    target = dest or model_store.default_model_dir()
+    installed = (target / model_store.SAVED_MODEL_FILE).is_file() and not model_store.is_standin(target)
+    if if_missing and installed and not force:
+        console.print(f"a model is already installed at [bold]{escape(str(target))}[/]", soft_wrap=True)
+        return
     with Progress(
         "[progress.description]{task.description}",
         BarColumn(),
@@ -46,9 +83,23 @@ def fetch(
         def update(done: int, total: int | None) -> None:
             progress.update(task, completed=done, total=total)
 
-        console.print(f"fetching [bold]{source or model_store.CROPNET_HANDLE}[/]")
-        info = model_store.fetch(source, dest, force=force, progress=update)
-    console.print(f"[green]✓[/] model verified and installed at [bold]{info.path}[/]")
+        def notify(message: str) -> None:
+            console.print(escape(message), soft_wrap=True, highlight=False)
+
+        what = source or f"{model_store.default_sources()[0]} (then Kaggle Models if it fails)"
+        console.print(f"fetching [bold]{escape(what)}[/]", soft_wrap=True, highlight=False)
+        try:
+            info = model_store.fetch(
+                source, dest, force=force, sha256=sha256, limits=limits, progress=update, notify=notify
+            )
+        except CassavaError as err:
+            progress.stop()
+            # soft_wrap: the message holds URLs and paths that must survive a copy and paste whole.
+            err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+    console.print(
+        f"[green]✓[/] model verified and installed at [bold]{escape(str(info.path))}[/]", soft_wrap=True
+    )
     warn_untrained(info.warning)
 
 

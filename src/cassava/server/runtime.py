@@ -1,6 +1,6 @@
 """CassavaRuntime: the MLServer glue around `cassava.pipeline.Classifier`.
 
-model-settings.json: {"name": "cassava", "implementation": "cassava.runtime.CassavaRuntime"}.
+model-settings.json: {"name": "cassava", "implementation": "cassava.server.runtime.CassavaRuntime"}.
 Options come from `parameters.extra` and `CASSAVA_*` env vars (see `cassava.settings`).
 """
 
@@ -8,75 +8,65 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 from mlserver import MLModel
-from mlserver.errors import MLServerError
-from mlserver.grpc import converters as grpc_converters
 from mlserver.types import InferenceRequest, InferenceResponse, MetadataModelResponse, Parameters
 from mlserver.utils import get_model_uri
+from starlette.responses import Response
 
-from cassava import logfilter, metrics
-from cassava.errors import InputError, safe_reason
-from cassava.model_store import ONNX_FILE, SAVED_MODEL_FILE, check_model_files, resolve_model_dir
+from cassava.backends import artifact_file
+from cassava.errors import InputError
+from cassava.model_store import (
+    ONNX_FILE,
+    SAVED_MODEL_FILE,
+    UNTRAINED_WARNING,
+    check_model_files,
+    resolve_model_dir,
+)
 from cassava.pipeline import BatchResult, Classifier
-from cassava.preprocessing import Limits
-from cassava.protocol import INPUTS, OUTPUTS, decode_request, encode_outputs
+from cassava.server import logfilter, metrics, patches, webui
+from cassava.server.protocol import (
+    INPUTS,
+    OUTPUTS,
+    InvalidRequestError,
+    decode_request,
+    encode_outputs,
+    requested_outputs,
+)
 from cassava.settings import CassavaSettings
 
-logger = logging.getLogger("cassava.runtime")
+logger = logging.getLogger("cassava.server.runtime")
 
 #: What `GET /v2/models/cassava` reports as `platform` for each backend (KServe/Triton naming).
 _PLATFORMS = {"tensorflow": "tensorflow_savedmodel", "onnx": "onnxruntime_onnx"}
 
 
-class InvalidRequestError(MLServerError):  # type: ignore[misc]
-    """A `cassava.errors.InputError` as MLServer needs it: HTTP 400, gRPC INVALID_ARGUMENT."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, status_code=400)
-
-
-def _reject_malformed_raw_contents(inject_raw: Callable[..., Any]) -> Callable[..., Any]:
-    """MLServer unpacks gRPC `raw_input_contents` before any model code runs, and answers INTERNAL when
-    they do not match the declared shapes (`struct.error`); that is the client's mistake: 400."""
-
-    def checked(elems: list[Any], raw_contents: list[bytes]) -> Any:
-        try:
-            return inject_raw(elems, raw_contents)
-        except (struct.error, IndexError, ValueError, KeyError) as err:
-            described = ", ".join(f"{e.name!r} {e.datatype} {list(e.shape)}" for e in elems)
-            raise InvalidRequestError(
-                f"the request's raw_input_contents do not match its inputs ({described}): "
-                f"{safe_reason(err)}; each input needs product(shape) values of its datatype"
-            ) from None
-
-    checked.cassava_checked = True  # type: ignore[attr-defined]
-    return checked
-
-
-if not getattr(grpc_converters.inject_raw, "cassava_checked", False):
-    grpc_converters.inject_raw = _reject_malformed_raw_contents(grpc_converters.inject_raw)
-
-
-# Imported in the server process (MLServer instantiates the runtime there) and in every worker.
+# Imported in the server process (MLServer instantiates the runtime there) and in every worker, by
+# `mlserver start` as much as by the launcher: the process-wide fixes hold whichever started it.
+patches.apply()
 logfilter.install()
+
+
+def _public_source(source: str) -> str:
+    """Where the model came from, as clients may see it: a download URL without its query (which can
+    hold a signature), never a path on the server."""
+    scheme, sep, rest = source.partition("://")
+    if sep and scheme in ("http", "https"):
+        return f"{scheme}://{rest.split('?', 1)[0].split('#', 1)[0]}"
+    return source if source == "unknown" or source.startswith("cassava model demo") else "a local file"
 
 
 class CassavaRuntime(MLModel):  # type: ignore[misc]
     async def preflight(self) -> Path:
         """The model directory this runtime would load, checked cheaply (no TensorFlow import);
-        raises `ModelError` naming the path. `cassava.launcher` calls it before starting anything."""
+        raises `ModelError` naming the path. `cassava.server.launcher` calls it before starting anything."""
         options = CassavaSettings.from_extra(
             self.settings.parameters.extra if self.settings.parameters else None
         )
         model_dir = resolve_model_dir(options.model_dir or await self._model_uri())
-        check_model_files(model_dir, need=ONNX_FILE if options.backend == "onnx" else SAVED_MODEL_FILE)
+        check_model_files(model_dir, need=artifact_file(options.backend))
         return model_dir
 
     async def load(self) -> bool:
@@ -91,16 +81,13 @@ class CassavaRuntime(MLModel):  # type: ignore[misc]
             model_dir,
             options.backend,
             threads=options.inference_threads,
-            limits=Limits(
-                options.max_batch_size * self._merged_requests,
-                options.max_image_pixels,
-                options.max_image_bytes,
-                fast_decode=options.fast_decode,
-            ),
+            limits=options.limits(self._merged_requests),
         )
         info = self._classifier.info
+        # What clients are told: no filesystem path of the server in it.
+        self._warning = UNTRAINED_WARNING.format(path="this model") if info.untrained else ""
         if info.warning:
-            # Said at load and again in every metadata response: a stand-in must never pass unnoticed.
+            # Said at load and again in every response: a stand-in must never pass unnoticed.
             logger.warning("%s", info.warning)
         logger.info("loaded %s (%s backend) from %s", self.name, options.backend, Path(model_dir))
         return True
@@ -123,6 +110,7 @@ class CassavaRuntime(MLModel):  # type: ignore[misc]
         # The request is decoded here rather than with @decode_args, which breaks under adaptive
         # batching with parallel_workers=0 in MLServer 1.7.1.
         try:
+            outputs = requested_outputs(payload)
             result = await asyncio.to_thread(self._classify, payload)
         except InputError as err:
             metrics.count_rejected(err.reason)
@@ -132,7 +120,10 @@ class CassavaRuntime(MLModel):  # type: ignore[misc]
             model_name=self.name,
             model_version=self.version,
             id=payload.id,
-            outputs=encode_outputs(result),
+            # A stand-in says so in every answer, not only in its metadata: a client that never reads
+            # the metadata must still be able to tell.
+            parameters=Parameters(untrained=True, warning=self._warning) if self._warning else None,
+            outputs=encode_outputs(result, outputs),
         )
 
     def _classify(self, payload: InferenceRequest) -> BatchResult:
@@ -141,10 +132,7 @@ class CassavaRuntime(MLModel):  # type: ignore[misc]
             # `images` requests arriving together become one request with both inputs, and its
             # split of the response takes the rows in input order. Each input alone is a valid request.
             parts = [self._classify(payload.model_copy(update={"inputs": [inp]})) for inp in payload.inputs]
-            return BatchResult(
-                indices=np.concatenate([part.indices for part in parts]),
-                probabilities=np.concatenate([part.probabilities for part in parts]),
-            )
+            return BatchResult.concatenate(parts)
         request = decode_request(payload, self._classifier.limits)
         if request.tensor is not None:
             return self._classifier.classify_tensor(request.tensor)
@@ -164,9 +152,18 @@ class CassavaRuntime(MLModel):  # type: ignore[misc]
             outputs=self._settings.outputs or list(OUTPUTS),
             parameters=Parameters(
                 untrained=info.untrained,
-                model_source=info.source,
+                model_source=_public_source(info.source),
                 backend=self._options.backend,
-                max_batch_size=self._options.max_batch_size,
-                warning=info.warning or "",
+                max_images=self._options.max_images,
+                warning=self._warning,
             ),
         )
+
+    # The diagnosis page (cassava.server.webui), as custom handlers so `mlserver start` serves it too.
+    @webui.get(webui.PAGE_PATH)
+    async def web_page(self) -> Response:
+        return webui.page(self._options)
+
+    @webui.get(webui.ASSET_PREFIX + "{name}")
+    async def web_asset(self, name: str) -> Response:
+        return webui.asset(name, self._options)

@@ -1,4 +1,4 @@
-"""Start `python -m cassava.launcher FOLDER` (`mlserver start FOLDER` with cassava's reliability fixes)
+"""Start `python -m cassava.server.launcher FOLDER` (`mlserver start FOLDER` with cassava's reliability fixes)
 as a child process on free ports, wait until ready, stop it by PID.
 
 Used by the tests, the benchmark matrix and the soak runs, so all of them exercise the same command a
@@ -17,12 +17,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 import httpx
 
 from cassava.contract import MODEL_NAME
-from cassava.server_config import write_model_folder
+from cassava.server.config import write_model_folder
+from cassava.settings import CassavaSettings
 
 
 def free_port() -> int:
@@ -42,6 +43,7 @@ class ServerProcess:
     folder: Path
     env: dict[str, str] = field(default_factory=dict)
     log_path: Path | None = None
+    host: str = "127.0.0.1"
     http_port: int = field(default_factory=free_port)
     grpc_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
@@ -53,19 +55,42 @@ class ServerProcess:
         cls,
         workdir: Path,
         *,
-        model_dir: Path,
+        model_dir: Path | None = None,
+        settings: CassavaSettings | None = None,
         extra: dict[str, Any] | None = None,
         server: dict[str, Any] | None = None,
         env: dict[str, str] | None = None,
         options: dict[str, Any] | None = None,
+        host: str = "127.0.0.1",
+        ports: tuple[int, int, int] | None = None,
+        log_path: Path | Literal["default"] | None = "default",
     ) -> ServerProcess:
         """Write a model folder under `workdir` that serves `model_dir`, ready to start.
 
-        `extra`: cassava's runtime options; `server`: settings.json; `options`: MLServer's own model
-        settings (adaptive batching's `max_batch_size`, `max_batch_time`)."""
-        extra = {"model_dir": str(model_dir), **(extra or {})}
-        folder = write_model_folder(workdir / "model", extra=extra, server=server, options=options)
-        return cls(folder=folder, env=env or {}, log_path=workdir / "mlserver.log")
+        `settings`: cassava's options as a whole (`cassava serve`); `extra`: individual runtime options
+        on top. Both are written to model-settings.json and passed as CASSAVA_* variables too: the
+        server reads variables first, and the child inherits this process's environment, which must
+        not contradict what the caller asked for (`env` still wins over both); `server`: settings.json;
+        `options`: MLServer's own model settings (adaptive batching's `max_batch_size`, `max_batch_time`);
+        `ports`: (REST, gRPC, metrics), default free ones; `log_path`: None inherits this process's
+        output, the default writes `workdir/mlserver.log`."""
+        values: dict[str, Any] = {}
+        if settings is not None:
+            values.update(settings.model_dump(mode="json", exclude_none=True))
+        if model_dir is not None:
+            values["model_dir"] = str(model_dir)
+        values.update(extra or {})
+        child_env = {**CassavaSettings.env_for(values), **(env or {})}
+        folder = write_model_folder(workdir / "model", extra=values, server=server, options=options)
+        process = cls(
+            folder=folder,
+            env=child_env,
+            log_path=workdir / "mlserver.log" if log_path == "default" else log_path,
+            host=host,
+        )
+        if ports is not None:
+            process.http_port, process.grpc_port, process.metrics_port = ports
+        return process
 
     @property
     def http_url(self) -> str:
@@ -85,8 +110,8 @@ class ServerProcess:
         return self.process.pid
 
     def command(self) -> list[str]:
-        # `mlserver start FOLDER` with cassava's reliability fixes (cassava.launcher), as in the container.
-        return [sys.executable, "-m", "cassava.launcher", str(self.folder)]
+        # `mlserver start FOLDER` with cassava's reliability fixes (the launcher), as in the container.
+        return [sys.executable, "-m", "cassava.server.launcher", str(self.folder)]
 
     def child_env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -96,7 +121,7 @@ class ServerProcess:
                 "MLSERVER_HTTP_PORT": str(self.http_port),
                 "MLSERVER_GRPC_PORT": str(self.grpc_port),
                 "MLSERVER_METRICS_PORT": str(self.metrics_port),
-                "MLSERVER_HOST": "127.0.0.1",
+                "MLSERVER_HOST": self.host,
                 # MLServer's default is ./.metrics, shared by every server started from the same
                 # directory: each then exports the others' counts and deletes their files on exit.
                 "MLSERVER_METRICS_DIR": str(self.folder.parent / f"metrics-{self.http_port}"),
@@ -104,6 +129,20 @@ class ServerProcess:
         )
         env.update(self.env)
         return env
+
+    def run_attached(self) -> int:
+        """Run in the foreground with this process's output until the server exits; return its exit
+        code. The signals that stop a server are passed on (a process manager sends them to this PID
+        only; Ctrl-C reaches both, and the launcher ignores a second signal)."""
+        child = subprocess.Popen(self.command(), env=self.child_env())
+        self.process = child
+        forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)
+        previous = {sig: signal.signal(sig, lambda sig, _frame: child.send_signal(sig)) for sig in forwarded}
+        try:
+            return child.wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def start(self, timeout: float = 120.0) -> ServerProcess:
         if self.log_path is not None:
@@ -153,8 +192,14 @@ class ServerProcess:
             return "(no log)"
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
-    def stop(self, timeout: float = 20.0, sig: int = signal.SIGTERM) -> int | None:
-        """Signal the process group, wait up to `timeout`, then kill it. Returns the exit code."""
+    def stop(self, timeout: float | None = None, sig: int = signal.SIGTERM) -> int | None:
+        """Signal the process group, wait up to `timeout`, then kill it. Returns the exit code.
+
+        The default waits for the whole shutdown the server was configured for: lame duck, then the
+        drain of in-flight requests, then 5 s for the workers."""
+        if timeout is None:
+            defaults = CassavaSettings()
+            timeout = defaults.lame_duck_seconds + defaults.shutdown_grace_seconds + 5
         if self.process is None:
             return None
         code = self.process.poll()

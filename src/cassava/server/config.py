@@ -19,6 +19,10 @@ from cassava.contract import GRPC_MAX_MESSAGE_LENGTH, INPUT_SPECS, MODEL_NAME, O
 # (docs/performance.md, "Why the defaults are what they are").
 DEFAULT_PARALLEL_WORKERS = 1
 
+#: model-settings.json `implementation`: the runtime's import path (kept equal to the class by a test;
+#: written as a string so that writing a model folder does not import MLServer).
+RUNTIME_IMPLEMENTATION = "cassava.server.runtime.CassavaRuntime"
+
 
 def model_settings(
     extra: dict[str, Any] | None = None, options: dict[str, Any] | None = None
@@ -27,7 +31,7 @@ def model_settings(
     MLServer's own model settings, such as adaptive batching's `max_batch_size` and `max_batch_time`."""
     settings: dict[str, Any] = {
         "name": MODEL_NAME,
-        "implementation": "cassava.runtime.CassavaRuntime",
+        "implementation": RUNTIME_IMPLEMENTATION,
         "inputs": [{"name": n, "datatype": d, "shape": list(s)} for n, d, s in INPUT_SPECS],
         "outputs": [{"name": n, "datatype": d, "shape": list(s)} for n, d, s in OUTPUT_SPECS],
     }

@@ -2,8 +2,12 @@
 
 The overlays are the only definition of the deployments. Rendering copies deploy/ into a temporary
 directory, adds a kustomization on top of the chosen overlay that sets the image, the namespace and the
-replica counts (kustomize `images`, `namespace` and JSON patches), and runs `kubectl kustomize` on it.
+replica counts (kustomize `images`, `namespace` and JSON patches) and, with `autoscale`, the overlay's
+autoscaling component (deploy/components/autoscale/OVERLAY), and runs `kubectl kustomize` on it.
 Nothing here writes a manifest field by hand except those patches.
+
+deploy/ ships inside the wheel as `cassava/ops/deploy` (pyproject.toml, hatch `force-include`), so
+rendering works from an installed package as well as from a checkout.
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ TARGETS: dict[str, str] = {
 }
 #: The container image name the overlays use; rendering replaces it with the real image.
 IMAGE_PLACEHOLDER = "cassava"
+#: deploy/<this>/<overlay>: the kustomize component that adds autoscaling to an overlay that has none
+#: (Seldon Core v1 and 2 scale by hand by default, as the seed does; kserve and kubernetes always scale).
+AUTOSCALE_COMPONENTS = Path("components") / "autoscale"
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -73,18 +80,23 @@ class ImageRef:
         return entry
 
 
+def deploy_dir_candidates() -> list[Path]:
+    """Where deploy/ is looked for: ./deploy (a checkout you are editing), the checkout this package runs
+    from (editable install), the copy inside the installed package (a wheel)."""
+    here = Path(__file__).resolve().parent
+    return [Path.cwd() / "deploy", here.parents[2] / "deploy", here / "deploy"]
+
+
 def find_deploy_dir(explicit: Path | None = None) -> Path:
-    """deploy/ given, else ./deploy, else the checkout this package runs from (editable install)."""
-    candidates = (
-        [explicit] if explicit else [Path.cwd() / "deploy", Path(__file__).resolve().parents[2] / "deploy"]
-    )
+    """deploy/ given, else the first of `deploy_dir_candidates()` that holds base/ and overlays/."""
+    candidates = [explicit] if explicit else deploy_dir_candidates()
     for candidate in candidates:
         if (candidate / "overlays").is_dir() and (candidate / "base").is_dir():
             return candidate
     looked = ", ".join(str(c) for c in candidates)
     raise RenderError(
-        f"no deploy/ directory with base/ and overlays/ at {looked}; run from the project checkout or "
-        "pass --deploy-dir"
+        f"no deploy/ directory with base/ and overlays/ at {looked}; pass --deploy-dir, or reinstall "
+        "cassava-serving (its wheel ships deploy/ as cassava/ops/deploy)"
     )
 
 
@@ -181,8 +193,10 @@ def render(
     namespace: str | None = None,
     model_uri: str | None = None,
     deploy_dir: Path | None = None,
+    autoscale: bool = False,
 ) -> str:
-    """The YAML of `target`'s overlay with the given image, namespace and replica count."""
+    """The YAML of `target`'s overlay with the given image, namespace and replica count; `autoscale`
+    adds the overlay's autoscaling component where it has one (kserve and kubernetes always autoscale)."""
     if target not in TARGETS:
         raise RenderError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     if replicas is not None and replicas < 1:
@@ -197,13 +211,18 @@ def render(
     with tempfile.TemporaryDirectory(prefix="cassava-render-") as tmp:
         work = Path(tmp)
         shutil.copytree(source, work / "deploy")
-        plain = load_all(kustomize(work / "deploy" / "overlays" / overlay))
+        (work / "render").mkdir()
         kustomization: dict[str, Any] = {
             "apiVersion": "kustomize.config.k8s.io/v1beta1",
             "kind": "Kustomization",
             "resources": [f"../deploy/overlays/{overlay}"],
-            "images": [ref.kustomize_entry()],
         }
+        if autoscale and (work / "deploy" / AUTOSCALE_COMPONENTS / overlay).is_dir():
+            kustomization["components"] = [f"../deploy/{AUTOSCALE_COMPONENTS.as_posix()}/{overlay}"]
+        # First without image and patches: the replica fields to patch are those of this variant.
+        (work / "render" / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
+        plain = load_all(kustomize(work / "render"))
+        kustomization["images"] = [ref.kustomize_entry()]
         if namespace:
             kustomization["namespace"] = namespace
         patches = replica_patches(plain, replicas) if replicas is not None else []
@@ -213,10 +232,11 @@ def render(
             patches.append({"target": target_ref, "patch": yaml.safe_dump(ops, sort_keys=False)})
         if patches:
             kustomization["patches"] = patches
-        (work / "render").mkdir()
         (work / "render" / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
         rendered = kustomize(work / "render")
     header = f"# cassava deploy render --target {target} --image {image}"
+    if autoscale:
+        header += " --autoscale"
     if replicas is not None:
         header += f" --replicas {replicas}"
     if namespace:

@@ -1,0 +1,317 @@
+"""Measuring: the model copy (with its ONNX export), the in-process and model-only runs, every server of
+the plan under load, and `run_matrix`, which gathers them into one results dict.
+
+The generator process never imports MLServer (it uses tritonclient's gRPC stubs); the in-process and
+decode measurements run in spawned child processes so TensorFlow's and ONNX Runtime's thread pools
+do not linger in the load generator.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from benchmarks.analysis import defaults, rate_curve, targets
+from benchmarks.decode import decode_benchmark
+from benchmarks.environment import machine, versions
+from benchmarks.plan import (
+    BENCH_EXPORT_TOLERANCE,
+    FULL,
+    IMAGE_COUNT,
+    IMAGE_QUALITY,
+    IMAGE_SIZE,
+    QUICK,
+    QUICK_SWEEP_FRACTIONS,
+    REGENERATE,
+    SEED_BATCH,
+    SLO_MS,
+    SWEEP_FRACTIONS,
+    SWEEP_TIMEOUT_S,
+    ServerPlan,
+    Timing,
+    server_plan,
+)
+from cassava.bench import (
+    BenchReport,
+    LoadSpec,
+    ProcessTree,
+    RatePoint,
+    StartedServer,
+    generate_images,
+    meets_slo,
+    run_in_process,
+    run_load,
+    run_sweep,
+    start_server,
+)
+from cassava.settings import Backend
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def in_child(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        return pool.submit(fn, *args, **kwargs).result()
+
+
+def prepare_model(source: Path, workdir: Path, notes: list[str]) -> tuple[Path, list[Backend]]:
+    """A writable copy of `source` with its ONNX export next to it when `cassava.export` can make one."""
+    from cassava.model_store import ONNX_FILE, SAVED_MODEL_FILE
+
+    model_dir = workdir / "model"
+    stale = not (model_dir / SAVED_MODEL_FILE).is_file() or (
+        (source / SAVED_MODEL_FILE).read_bytes() != (model_dir / SAVED_MODEL_FILE).read_bytes()
+    )
+    if stale:
+        shutil.rmtree(model_dir, ignore_errors=True)
+        shutil.copytree(source, model_dir)
+        for path in [model_dir, *model_dir.rglob("*")]:  # the shared copy is read-only
+            path.chmod(path.stat().st_mode | 0o200)
+    backends: list[Backend] = ["tensorflow"]
+    if (source / ONNX_FILE).is_file() and not (model_dir / ONNX_FILE).is_file():
+        shutil.copy2(source / ONNX_FILE, model_dir / ONNX_FILE)
+    if not (model_dir / ONNX_FILE).is_file():
+        try:
+            from cassava.export import export_onnx
+        except ImportError:
+            notes.append("ONNX Runtime skipped: `cassava.export` (the ONNX export) is not available yet.")
+            return model_dir, backends
+        log("exporting the model to ONNX (cached in the work folder)")
+        try:
+            # Untrained weights push CropNet's logits to +-500, where float32 rounding alone moves
+            # probabilities by ~1e-4 (docs/onnx.md); the export still refuses any class change.
+            in_child(export_onnx, model_dir, tolerance=BENCH_EXPORT_TOLERANCE)
+        except Exception as err:
+            notes.append(f"ONNX Runtime skipped: the export failed ({type(err).__name__}: {err}).")
+            return model_dir, backends
+    if (model_dir / ONNX_FILE).is_file():
+        backends.append("onnx")
+    else:
+        notes.append(f"ONNX Runtime skipped: the export wrote no {ONNX_FILE} in {model_dir}.")
+    return model_dir, backends
+
+
+def in_process_runs(
+    model_dir: Path, backend: Backend, images: list[bytes], batches: Sequence[int], timing: Timing
+) -> list[dict[str, Any]]:
+    """Each batch size on one loaded classifier (run in a child process, one per backend)."""
+    from cassava.pipeline import Classifier
+    from cassava.preprocessing import Limits
+
+    started = time.monotonic()
+    classifier = Classifier.load(model_dir, backend, limits=Limits(max_images=max(64, *batches)))
+    load_s = time.monotonic() - started
+    reports = []
+    for batch in batches:
+        report = run_in_process(
+            images,
+            model_dir=model_dir,
+            backend=backend,
+            batch=batch,
+            duration_s=timing.duration_s,
+            warmup_s=timing.warmup_s,
+            classifier=classifier,
+        )
+        report.info["load_s"] = load_s
+        reports.append(report.to_dict())
+    return reports
+
+
+def model_only_runs(
+    model_dir: Path, backend: Backend, images: list[bytes], batches: Sequence[int], timing: Timing
+) -> list[dict[str, Any]]:
+    """The backend alone on an already preprocessed batch: what the two backends differ in. The
+    pipeline figures above add the same serial decode to both, which narrows their ratio."""
+    from cassava.pipeline import Classifier
+    from cassava.preprocessing import Limits
+
+    classifier = Classifier.load(model_dir, backend, limits=Limits(max_images=max(64, *batches)))
+    runs = []
+    for batch in batches:
+        tensor = classifier.preprocess([images[i % len(images)] for i in range(batch)])
+        classifier.classify_preprocessed(tensor)  # the first call at a shape traces the graph
+        seconds: list[float] = []
+        started = time.monotonic()
+        opens, closes = started + timing.warmup_s, started + timing.warmup_s + timing.duration_s
+        while (now := time.monotonic()) < closes:
+            classifier.classify_preprocessed(tensor)
+            if now >= opens:
+                seconds.append(time.monotonic() - now)
+        runs.append(
+            {
+                "backend": backend,
+                "batch": batch,
+                "calls": len(seconds),
+                "images_per_s": batch * len(seconds) / sum(seconds) if seconds else 0.0,
+                "p50_ms": statistics.median(seconds) * 1000 if seconds else math.nan,
+            }
+        )
+    return runs
+
+
+@dataclass
+class ServerResult:
+    label: str
+    role: str
+    config: dict[str, Any]
+    cold_start_s: float
+    rss_mb: float
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    sweep: dict[str, Any] | None = None  # `sweep_rates` on this server, when its plan asks for it
+
+
+def run_matrix(model_source: Path, workdir: Path, quick: bool = False) -> dict[str, Any]:
+    begun = time.monotonic()
+    timing = QUICK if quick else FULL
+    workdir.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+    results: dict[str, Any] = {
+        "generated": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "command": REGENERATE,
+        "quick": quick,
+        "timing": asdict(timing),
+        "machine": machine(),
+        "versions": versions(),
+        "model": {"source": str(model_source)},
+    }
+    model_dir, backends = prepare_model(model_source, workdir, notes)
+    results["backends"] = backends
+    images = generate_images(IMAGE_COUNT, IMAGE_SIZE, quality=IMAGE_QUALITY, seed=0)
+    results["images"] = {
+        "count": len(images),
+        "size": f"{IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}",
+        "quality": IMAGE_QUALITY,
+        "mean_bytes": sum(map(len, images)) / len(images),
+    }
+
+    log("decode and preprocess")
+    results["decode"] = in_child(decode_benchmark, model_dir, images, quick)
+
+    results["in_process"] = []
+    for backend in backends:
+        log(f"in-process limit: {backend}, batch 1 and {SEED_BATCH}")
+        results["in_process"] += in_child(
+            in_process_runs, model_dir, backend, images, (1, SEED_BATCH), timing
+        )
+    results["model_only"] = []
+    for backend in backends:
+        log(f"model only: {backend}, batch 1 and {SEED_BATCH}")
+        batches = (1, SEED_BATCH)
+        results["model_only"] += in_child(model_only_runs, model_dir, backend, images, batches, timing)
+    best: Backend = max(
+        backends,
+        key=lambda b: max(r["images_per_s"] for r in results["in_process"] if r["info"]["backend"] == b),
+    )
+    results["best_backend"] = best
+
+    servers: list[ServerResult] = []
+    for plan in server_plan(best, backends, quick):
+        log(f"server: {plan.config.label}")
+        servers.append(serve(plan, model_dir, workdir, images, timing, notes))
+    results["servers"] = [asdict(s) for s in servers]
+    results["notes"] = notes
+    results["elapsed_s"] = time.monotonic() - begun
+    results["targets"] = targets(results)
+    results["defaults"] = defaults(results)
+    results["rate_curve"] = rate_curve(results)
+    return results
+
+
+def serve(
+    plan: ServerPlan, model_dir: Path, workdir: Path, images: list[bytes], timing: Timing, notes: list[str]
+) -> ServerResult:
+    config = plan.config
+    folder = workdir / "servers" / config.label.replace(" ", "").replace(",", "_").replace("/", "-")
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    server = start_server(folder, model_dir, config)
+    result = ServerResult(config.label, plan.role, asdict(config), server.cold_start_s, math.nan)
+    try:
+        for run in plan.runs:
+            duration = timing.seed_duration_s if run.encoding == "tensor" else timing.duration_s
+            spec = LoadSpec(
+                target=server.target("grpc" if run.transport == "grpc" else "rest"),
+                encoding="tensor" if run.encoding == "tensor" else "bytes",
+                batch=run.batch,
+                concurrency=run.concurrency,
+                duration_s=duration,
+                warmup_s=timing.warmup_s,
+                timeout_s=120.0,
+                encode_each=run.encode_each,
+                label=f"{config.label} | {run.label}",
+            )
+            report: BenchReport = run_load(
+                spec, images, server_pid=server.process.pid, info={"server": asdict(config)}
+            )
+            report.rss_samples = []  # one figure per server is kept below; the runs' samples are noise
+            report.windows = []
+            result.runs.append(report.to_dict())
+            log(
+                f"  {run.label}: {report.images_per_s:.1f} images/s, p50 {report.latency_ms['p50']:.1f} ms, "
+                f"{report.error_count} errors, client CPU {report.client_cpu * 100:.0f}%"
+            )
+            if math.isnan(result.rss_mb):  # after the first run: loaded and warmed up
+                result.rss_mb = ProcessTree(server.process.pid).rss() / 2**20
+            if report.error_count:
+                notes.append(f"{result.label} | {run.label}: errors {report.errors}")
+        if plan.sweep:
+            result.sweep = sweep_rates(server, result, images, timing)
+    finally:
+        server.stop()
+    return result
+
+
+def sweep_rates(
+    server: StartedServer, result: ServerResult, images: list[bytes], timing: Timing
+) -> dict[str, Any] | None:
+    """The open-loop latency-vs-rate curve of one image per REST request, at `SWEEP_FRACTIONS` of the
+    most requests/s this server's closed-loop runs reached, up to the first rate beyond twice the
+    objective."""
+    closed = [r for r in result.runs if r["mode"] == "rest" and r["encoding"] == "bytes" and r["batch"] == 1]
+    saturation = max((r["requests_per_s"] for r in closed), default=0.0)
+    if saturation <= 0:
+        return None
+    fractions = QUICK_SWEEP_FRACTIONS if timing.duration_s < 5 else SWEEP_FRACTIONS
+    spec = LoadSpec(
+        target=server.target("rest"),
+        duration_s=timing.duration_s,
+        warmup_s=timing.warmup_s,
+        timeout_s=SWEEP_TIMEOUT_S,
+        label=f"{result.label} | rest bytes b1 open loop",
+    )
+
+    def shown(report: BenchReport) -> None:
+        log(
+            f"  {report.rate:.1f} requests/s offered: {report.requests_per_s:.1f} answered, "
+            f"p99 {report.latency_ms['p99']:.1f} ms, {report.drop_count} dropped, {report.error_count} errors"
+        )
+
+    reports = run_sweep(
+        spec,
+        images,
+        [round(f * saturation, 2) for f in fractions],
+        server_pid=server.process.pid,
+        # Twice the objective: one unlucky tail just past it should not end the curve before its knee.
+        stop_after=lambda report: not meets_slo(RatePoint.of(report), 2 * SLO_MS),
+        on_report=shown,
+    )
+    return {
+        "transport": "rest",
+        "batch": 1,
+        "saturation_requests_per_s": saturation,
+        "fractions": list(fractions),
+        "timeout_s": spec.timeout_s,
+        "max_in_flight": spec.max_in_flight,
+        "points": [RatePoint.of(r).to_dict() for r in reports],
+    }
