@@ -8,6 +8,8 @@ import asyncio
 import gzip
 import json
 import logging
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -351,16 +353,27 @@ def test_over_the_connection_cap_is_503_with_retry_after() -> None:
 
 
 class _Worker:
-    def __init__(self, alive: bool) -> None:
-        self.alive = alive
+    """A real child process, as MLServer's workers are: `pid` is all the dispatcher patch reads."""
 
-    def is_alive(self) -> bool:
-        return self.alive
+    def __init__(self, alive: bool) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(60)" if alive else ""]
+        )
+        self.pid = self.process.pid
+        if not alive:
+            # Exited, but not reaped: a zombie until someone waits for it, like a worker just killed.
+            os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT)
+
+    def kill(self) -> None:
+        self.process.kill()
+        os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT)
 
 
 def test_a_dead_worker_still_in_the_rotation_is_skipped() -> None:
     """mlserver/parallel/dispatcher.py (1.7.1) keeps a dead worker in its round-robin until the pool
-    notices the death; requests sent to it in between failed with 500."""
+    notices the death; requests sent to it in between failed with 500. The check must not reap the
+    dead worker: mlserver/parallel/registry.py replaces a worker only when its own SIGCHLD handler's
+    `os.waitpid(-1)` finds it."""
     from itertools import cycle
 
     from cassava.server import patches
@@ -387,11 +400,14 @@ def test_a_dead_worker_still_in_the_rotation_is_skipped() -> None:
     patches.watch_workers(Pool, counts.append)
     picked = [Pool._dispatcher._get_worker()[1] for _ in range(6)]
     assert picked == [2] * 6
-    workers[2].alive = False
+    workers[2].kill()
     with pytest.raises(patches.NoWorkerReadyError) as caught:
         Pool._dispatcher._get_worker()
     assert caught.value.status_code == 503
     assert caught.value.retry_after == patches.RETRY_AFTER_SECONDS
+    # Both are still there for MLServer's SIGCHLD handler to reap, and so to replace.
+    for worker in workers.values():
+        assert os.waitpid(worker.pid, os.WNOHANG)[0] == worker.pid
 
 
 def test_grpc_parameters_and_ids_are_bounded_before_conversion(monkeypatch: pytest.MonkeyPatch) -> None:

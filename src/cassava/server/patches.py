@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import struct
 from collections.abc import Callable, Iterator
 from importlib import metadata
@@ -317,6 +318,22 @@ def default_pool(server: Any) -> Any | None:
     return None if registry is None else registry._default_pool
 
 
+def _has_exited(pid: int | None) -> bool:
+    """Whether a child process has exited, WITHOUT reaping it.
+
+    mlserver/parallel/registry.py notices a dead worker only through SIGCHLD and `os.waitpid(-1)`, and
+    replaces it from there. `Process.is_alive()` reaps the child itself (waitpid on its PID), after which
+    MLServer's waitpid finds nothing and the worker is never replaced (seen: a SIGKILLed worker under
+    load, no replacement in 300 s). WNOWAIT leaves the exited child for MLServer to reap.
+    """
+    if pid is None:
+        return True
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True  # already reaped: gone
+
+
 def watch_workers(pool: Any, on_count: Callable[[int], None]) -> None:
     """Report the number of workers in the dispatcher's rotation, and answer 503 when there is none.
 
@@ -337,13 +354,13 @@ def watch_workers(pool: Any, on_count: Callable[[int], None]) -> None:
     def worker_or_503() -> Any:
         # Between a worker's death and MLServer noticing it (its `_on_worker_stop`, tens to hundreds of
         # ms later), the rotation still hands that worker requests, which then fail with 500: skip a
-        # worker whose process is gone (`is_alive` polls it without blocking).
+        # worker whose process is gone.
         for _ in range(max(1, len(dispatcher._workers))):
             try:
                 worker, pid = get_worker()
             except (StopIteration, KeyError):
                 break
-            if worker.is_alive():
+            if not _has_exited(worker.pid):
                 return worker, pid
         raise NoWorkerReadyError()
 
