@@ -46,7 +46,7 @@ class CassavaSettings(BaseSettings):
         description="After SIGTERM, how long in-flight requests may take before they are cut off "
         "(`cassava.server.launcher`). Keep it below the pod's terminationGracePeriodSeconds (default 30).",
     )
-    # --- the server's defences against hostile clients (`cassava.server.app`; docs/reliability.md) ---
+    # --- the server's defences against hostile clients (`cassava.server.rest`, `.app`; docs/reliability.md)
     # Server-wide: the launcher takes them from the first cassava model (or CASSAVA_* variables).
     lame_duck_seconds: float = Field(
         default=3.0,

@@ -1,5 +1,5 @@
-"""The pieces of `cassava.server.app`, `cassava.server.patches` and `cassava.server.launcher` that need no
-MLServer process: the REST body limit and timeout, the gzip bound, error wording, the log filters, the
+"""The pieces of `cassava.server.rest`, `.app`, `.patches` and `.launcher` that need no MLServer
+process: the REST body limit and timeout, the gzip bound, error wording, the log filters, the
 header deadline, worker selection and the preflight. tests/integration/ runs them in a server."""
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 
 from cassava.errors import CassavaError, ModelLoadError, ModelNotFoundError
-from cassava.server.app import RequestBodyLimit, describe_validation_errors
 from cassava.server.config import write_model_folder
 from cassava.server.launcher import quick_preflight
 from cassava.server.logfilter import MAX_LOGGED_PATH, AccessLogFilter, ClientErrorFilter
+from cassava.server.rest import RequestBodyLimit, describe_validation_errors
 
 LIMIT = 1000
 

@@ -39,7 +39,8 @@ It runs MLServer's own server class, settings loader and code paths, and changes
 
 Exit codes: 0 stopped by a signal; 1 stopped on its own (a model failed to load); 2 nothing started
 (unreadable settings, no model, a missing or corrupt model directory, a port already in use). `--check` runs
-only the preflight. The MLServer-side code is in `cassava.server.app`.
+only the preflight. The MLServer-side code is in `cassava.server.app` (the server) and
+`cassava.server.rest` (REST).
 """
 
 from __future__ import annotations

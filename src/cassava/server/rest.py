@@ -1,0 +1,393 @@
+"""The REST side of cassava's server: MLServer's FastAPI app with bounded, strictly checked requests.
+
+ASGI middleware (`ConnectionGuard`, `RequestBodyLimit`), exception handlers that answer the protocol's
+`{"error": ...}` without echoing input, and the stream and infer routes replaced by checked ones;
+`harden_rest_app` applies them all before the server starts. Why each exists: docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from mlserver.errors import MLServerError
+from mlserver.rest.app import APIRoute
+from mlserver.rest.responses import ServerSentEvent
+from mlserver.types import InferenceRequest
+from mlserver.utils import insert_headers
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from cassava.errors import InputError
+from cassava.server.protocol import InvalidRequestError, check_raw_json
+from cassava.settings import CassavaSettings
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+# --- REST ---------------------------------------------------------------------------------------------
+
+
+class RequestBodyLimit:
+    """ASGI middleware: at most `max_bytes` of request body, counted before parsing and after gzip;
+    the whole body within `timeout` seconds (else 408: uvicorn has no body read timeout, and 16
+    connections each holding a 60 MiB body one byte short kept 992 MB resident); and a JSON body with at
+    most `max_json_keys` keys, counted before FastAPI parses it (a 57 MB `parameters` object with 4.5
+    million keys blocked the event loop for 19 s in the parser and pydantic)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        timeout: float | None = None,
+        max_json_keys: int | None = None,
+    ) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.timeout = timeout
+        self.max_json_keys = max_json_keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        encoding = headers.get("content-encoding", "identity").strip().lower() or "identity"
+        if encoding not in ("identity", "gzip"):
+            await _error(415, f"Content-Encoding {encoding!r} is not supported; send identity or gzip")(
+                scope, receive, send
+            )
+            return
+        declared = headers.get("content-length")
+        if declared is not None and not declared.strip().isdigit():
+            await _error(400, "the Content-Length header is not a number")(scope, receive, send)
+            return
+        if declared is not None and int(declared) > self.max_bytes:
+            # Refused before reading a byte of it.
+            await self._too_large(f"{int(declared):,} bytes")(scope, receive, send)
+            return
+        body = bytearray()
+        more = True
+        deadline = None if self.timeout is None else asyncio.get_running_loop().time() + self.timeout
+        # Every JSON key needs a ':', so counting colons over-counts (colons inside strings) but never
+        # misses a key; counted chunk by chunk as the body arrives (one count over 57 MB takes 150 ms
+        # of the event loop), and in the decompressing thread for gzip.
+        count_keys = self.max_json_keys is not None and _is_json(headers)
+        colons = 0
+        while more:
+            try:
+                message = await self._next(receive, deadline)
+            except TimeoutError:
+                await _error(
+                    408,
+                    f"the request body did not arrive within {self.timeout:g} s (body_timeout_seconds)",
+                    close=True,
+                )(scope, receive, send)
+                return
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            body += chunk
+            more = bool(message.get("more_body", False))
+            if len(body) > self.max_bytes:
+                await self._too_large(f"over {self.max_bytes:,} bytes")(scope, receive, send)
+                return
+            if count_keys and encoding == "identity":
+                colons += chunk.count(b":")
+                if colons > (self.max_json_keys or 0):
+                    await self._too_many_keys()(scope, receive, send)
+                    return
+        if encoding == "gzip":
+            try:
+                # In a thread: inflating tens of MB takes longer than the event loop may stall.
+                plain, colons = await asyncio.to_thread(_gunzip_counting, bytes(body), self.max_bytes)
+                body = bytearray(plain)
+            except _BodyTooLargeError:
+                await self._too_large(f"over {self.max_bytes:,} bytes once decompressed")(
+                    scope, receive, send
+                )
+                return
+            except (zlib.error, _MalformedGzipError) as err:
+                await _error(400, f"the body is not valid gzip data ({err})")(scope, receive, send)
+                return
+            # MLServer's Request decompresses gzip bodies itself, without a bound: hand it plain bytes.
+            mutable = MutableHeaders(scope=scope)
+            del mutable["content-encoding"]
+            mutable["content-length"] = str(len(body))
+        if count_keys and colons > (self.max_json_keys or 0):
+            await self._too_many_keys()(scope, receive, send)
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _next(receive: Receive, deadline: float | None) -> Message:
+        if deadline is None:
+            return await receive()
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            raise TimeoutError
+        return await asyncio.wait_for(receive(), remaining)
+
+    def _too_many_keys(self) -> Response:
+        return _error(
+            400,
+            f"the JSON body has more than {self.max_json_keys:,} keys (':' characters); requests need a "
+            "few dozen (max_json_keys bounds `parameters` objects)",
+        )
+
+    def _too_large(self, size: str) -> Response:
+        return _error(
+            413,
+            f"the request body is {size}; this server accepts at most {self.max_bytes:,} bytes per request "
+            "(settings.json grpc_max_message_length, which bounds REST bodies and gRPC messages alike). "
+            "Send fewer images per request, or JPEG files instead of a float tensor",
+        )
+
+
+class _BodyTooLargeError(Exception):
+    pass
+
+
+class _MalformedGzipError(Exception):
+    pass
+
+
+def _gunzip_counting(data: bytes, limit: int) -> tuple[bytes, int]:
+    plain = _gunzip(data, limit)
+    # bytes.count holds the GIL: counted a MiB at a time, so the event loop's thread gets its turns.
+    step = 1 << 20
+    return plain, sum(plain.count(b":", i, i + step) for i in range(0, len(plain), step))
+
+
+def _gunzip(data: bytes, limit: int) -> bytes:
+    """gzip.decompress, but stopping one byte past `limit` instead of filling the memory."""
+    out = bytearray()
+    while data:
+        member = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        out += member.decompress(data, limit + 1 - len(out))
+        if len(out) > limit or member.unconsumed_tail:
+            raise _BodyTooLargeError
+        if not member.eof:
+            raise _MalformedGzipError("truncated")
+        data = member.unused_data  # gzip allows several members back to back
+    return bytes(out)
+
+
+def _is_json(headers: Headers) -> bool:
+    content_type = headers.get("content-type", "")
+    return not content_type or "json" in content_type
+
+
+def _error(status: int, message: str, *, close: bool = False) -> Response:
+    return JSONResponse(
+        {"error": message}, status_code=status, headers={"connection": "close"} if close else None
+    )
+
+
+class ConnectionGuard:
+    """ASGI middleware, outermost: the request's header count and size first of all, and `Connection:
+    close` on every response while the server is a lame duck (after SIGTERM).
+
+    h11 (uvicorn's HTTP parser here) bounds only headers that are still arriving
+    (`h11_max_incomplete_event_size`, set by `patches.tune_rest_server`) and has no header count limit;
+    uvicorn has neither. MLServer's endpoints then turn the headers into a dict through a mapping whose
+    every lookup scans the list: 10,000 headers took 4.3 s of the event loop. 431 instead.
+    """
+
+    def __init__(
+        self, app: ASGIApp, max_headers: int, max_header_bytes: int, closing: Callable[[], bool]
+    ) -> None:
+        self.app = app
+        self.max_headers = max_headers
+        self.max_header_bytes = max_header_bytes
+        self.closing = closing
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        raw = scope["headers"]
+        if len(raw) > self.max_headers:
+            await _error(
+                431, f"the request has {len(raw):,} headers; at most {self.max_headers:,} are allowed"
+            )(scope, receive, send)
+            return
+        size = sum(len(k) + len(v) + 4 for k, v in raw)
+        if size > self.max_header_bytes:
+            await _error(
+                431, f"the request headers are {size:,} bytes; at most {self.max_header_bytes:,} are allowed"
+            )(scope, receive, send)
+            return
+        if not self.closing():
+            await self.app(scope, receive, send)
+            return
+
+        async def closing_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)["connection"] = "close"
+            await send(message)
+
+        await self.app(scope, receive, closing_send)
+
+
+def describe_validation_errors(errors: list[Any]) -> str:
+    """FastAPI's validation errors as one line: where and what, never the offending value itself."""
+    parts = []
+    for err in errors[:5]:
+        if err.get("type") == "json_invalid":
+            reason = (err.get("ctx") or {}).get("error", "")
+            parts.append(f"the body is not valid JSON ({reason})" if reason else "the body is not valid JSON")
+            continue
+        where = ".".join(str(p)[:40] for p in err.get("loc", ())[1:]) or "the body"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    if len(errors) > 5:
+        parts.append(f"and {len(errors) - 5} more")
+    message = "; ".join(parts) or "the request does not match the Open Inference Protocol"
+    return message if len(message) <= 600 else message[:597] + "..."
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    return _error(400, f"invalid request: {describe_validation_errors(list(exc.errors()))}")
+
+
+async def _mlserver_error(request: Request, exc: Exception) -> Response:
+    """MLServer's own handler (mlserver/rest/errors.py), plus `Retry-After` on a retryable 503."""
+    assert isinstance(exc, MLServerError)
+    response = _error(exc.status_code, str(exc))
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        response.headers["retry-after"] = str(retry_after)
+    return response
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    response = _error(exc.status_code, str(exc.detail))
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response
+
+
+def _stream_endpoint(data_plane: Any) -> Callable[..., Awaitable[StreamingResponse]]:
+    async def infer_stream(
+        raw_request: Request,
+        payload: InferenceRequest,
+        model_name: str,
+        model_version: str | None = None,
+    ) -> StreamingResponse:
+        try:
+            check_raw_json(await raw_request.json())
+        except InputError as err:
+            raise InvalidRequestError(str(err)) from None
+        insert_headers(payload, dict(raw_request.headers))
+
+        async def one() -> AsyncIterator[InferenceRequest]:
+            yield payload
+
+        # The whole (for cassava: one-event) answer exists before the 200 is sent, so a rejected request
+        # gets its 4xx. Consumed in this task: MLServer's stream sets context variables it resets itself.
+        events = [
+            ServerSentEvent(response).encode()
+            async for response in data_plane.infer_stream(one(), model_name, model_version)
+        ]
+        return StreamingResponse(iter(events), media_type="text/event-stream")
+
+    return infer_stream
+
+
+def _strict_infer_endpoint(infer: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """MLServer's REST `infer`, after the strict checks of the raw JSON (FastAPI has parsed it already,
+    and MLServer's Request caches it, so this costs no second parse)."""
+
+    async def strict_infer(
+        raw_request: Request,
+        raw_response: Response,
+        payload: InferenceRequest,
+        model_name: str,
+        model_version: str | None = None,
+    ) -> Any:
+        try:
+            check_raw_json(await raw_request.json())
+        except InputError as err:
+            raise InvalidRequestError(str(err)) from None
+        return await infer(raw_request, raw_response, payload, model_name, model_version)
+
+    return strict_infer
+
+
+#: MLServer's HTML documentation pages: Swagger UI from a CDN (mlserver/rest/openapi.py)
+_DOCS_PAGES = (
+    "/v2/docs",
+    "/v2/models/{model_name}/docs",
+    "/v2/models/{model_name}/versions/{model_version}/docs",
+)
+
+
+def harden_rest_app(
+    app: FastAPI,
+    data_plane: Any,
+    max_body_bytes: int,
+    options: CassavaSettings | None = None,
+    closing: Callable[[], bool] = lambda: False,
+) -> None:
+    """Apply the REST changes listed in the module docstring to MLServer's app, before it starts.
+    `closing`: whether responses should carry `Connection: close` (the lame duck after SIGTERM)."""
+    options = options or CassavaSettings()
+    app.debug = False
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(MLServerError, _mlserver_error)
+    # Innermost of the user middleware: MLServer's Prometheus middleware still counts the 413s.
+    app.user_middleware.append(
+        Middleware(
+            RequestBodyLimit,
+            max_bytes=max_body_bytes,
+            timeout=options.body_timeout_seconds,
+            max_json_keys=options.max_json_keys,
+        )
+    )
+    app.user_middleware.insert(
+        0,
+        Middleware(
+            ConnectionGuard,
+            max_headers=options.max_request_headers,
+            max_header_bytes=options.max_header_bytes,
+            closing=closing,
+        ),
+    )
+    routes = []
+    for route in app.router.routes:
+        path = getattr(route, "path", "")
+        if path.startswith("/v2/repository/") and not options.repository_api:
+            continue  # anyone could unload the model (the repository API is for Seldon Core 2's agent)
+        if path in _DOCS_PAGES and not options.api_docs:
+            continue
+        if isinstance(route, APIRoute) and path.endswith("_stream"):
+            route = APIRoute(path, _stream_endpoint(data_plane), methods=sorted(route.methods or {"POST"}))
+        elif isinstance(route, APIRoute) and path.endswith(("/infer", "/generate")):
+            route = APIRoute(
+                path, _strict_infer_endpoint(route.endpoint), methods=sorted(route.methods or {"POST"})
+            )
+        routes.append(route)
+    app.router.routes[:] = routes
