@@ -47,7 +47,7 @@ from cassava.bench import (
     RatePoint,
     StartedServer,
     generate_images,
-    meets_slo,
+    past_the_knee,
     run_in_process,
     run_load,
     run_sweep,
@@ -302,8 +302,7 @@ def sweep_rates(
         images,
         [round(f * saturation, 2) for f in fractions],
         server_pid=server.process.pid,
-        # Twice the objective: one unlucky tail just past it should not end the curve before its knee.
-        stop_after=lambda report: not meets_slo(RatePoint.of(report), 2 * SLO_MS),
+        stop_after=lambda report: past_the_knee(report, SLO_MS),
         on_report=shown,
     )
     return {

@@ -476,3 +476,15 @@ def test_cli_refuses_rate_with_concurrency_or_in_process() -> None:
         result = runner.invoke(app, ["bench", "http://127.0.0.1:1", "--rate", bad])
         assert result.exit_code != 0
         assert repr(bad) in result.output
+
+
+def test_a_sweep_goes_on_past_the_objective_and_stops_beyond_twice_it() -> None:
+    """One p99 just past the objective on a busy machine must not end the curve before its knee."""
+
+    def open_loop_report(latency_s: float) -> BenchReport:
+        records = [Record(start=float(i) / 10, latency=latency_s, images=1) for i in range(100)]
+        return report_of(records, duration=10.0, open_loop=bench.OpenLoop(rate=10.0))
+
+    assert not bench.past_the_knee(open_loop_report(0.200), slo_ms=250.0)
+    assert not bench.past_the_knee(open_loop_report(0.400), slo_ms=250.0)  # over, but under twice
+    assert bench.past_the_knee(open_loop_report(0.600), slo_ms=250.0)

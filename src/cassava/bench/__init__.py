@@ -47,6 +47,7 @@ from cassava.bench.report import (
     build_report,
     latency_stats,
     meets_slo,
+    past_the_knee,
     rss_growth_pct,
     slo_capacity,
 )
@@ -99,6 +100,7 @@ __all__ = [
     "load_images",
     "meets_slo",
     "open_loop",
+    "past_the_knee",
     "prepare_requests",
     "rss_growth_pct",
     "run_in_process",

@@ -301,6 +301,13 @@ def meets_slo(point: RatePoint, slo_ms: float, percentile: str = SLO_PERCENTILE)
     return not math.isnan(latency) and latency <= slo_ms and point.failed_fraction <= allowed + 1e-12
 
 
+def past_the_knee(report: BenchReport, slo_ms: float) -> bool:
+    """Whether a sweep should stop after `report`: beyond *twice* the objective, not the objective
+    itself, so that one unlucky tail just past it on a busy machine does not end the curve before its
+    knee (`cassava bench --rate a,b,c` and `make bench` sweep with this rule)."""
+    return not meets_slo(RatePoint.of(report), 2 * slo_ms)
+
+
 def slo_capacity(
     points: Sequence[RatePoint], slo_ms: float = DEFAULT_SLO_MS, percentile: str = SLO_PERCENTILE
 ) -> SloCapacity:

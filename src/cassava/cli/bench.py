@@ -317,9 +317,7 @@ class _Sweep:
         from cassava import bench as b
 
         def beyond(report: BenchReport) -> bool:
-            # Twice the objective, not the objective itself: one unlucky tail just past it on a busy
-            # machine should not end the curve before its knee.
-            return not b.meets_slo(b.RatePoint.of(report), 2 * self.slo_ms)
+            return b.past_the_knee(report, self.slo_ms)
 
         def shown(report: BenchReport) -> None:
             point = b.RatePoint.of(report)
