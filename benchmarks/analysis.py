@@ -4,10 +4,12 @@ a replica keeps within the latency objective."""
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Any
 
 from benchmarks.plan import SEED_BATCH, SLO_MS, TARGETS, default_workers
 from cassava.bench import RatePoint, slo_capacity
+from cassava.server.config import DEFAULT_PROFILE
 
 
 def _bytes_runs(
@@ -101,19 +103,6 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             f"{run['label']}: {run['images_per_s']:.1f} vs the seed's {seed['images_per_s']:.2f} images/s "
             f"({seed['label'].split(' | ')[-1]})",
         )
-    single = _in_process(results, best, 1)
-    c1 = [sr for sr in served if sr[1]["concurrency"] == 1 and sr[1]["batch"] == 1]
-    if single and c1:
-        _, run = min(c1, key=lambda sr: sr[1]["latency_ms"]["p50"])
-        add(
-            "one image at concurrency 1: served p50 minus in-process p50",
-            run["latency_ms"]["p50"] - single["latency_ms"]["p50"],
-            TARGETS["single_image_overhead_ms"],
-            False,
-            "ms",
-            f"{run['label']}: {run['latency_ms']['p50']:.1f} ms "
-            f"vs in-process {single['latency_ms']['p50']:.1f} ms",
-        )
     rest_bytes = [run for _, run in all_served if run["mode"] == "rest" and run["batch"] == 1]
     if seed and rest_bytes and seed["request_bytes_per_image"]:
         per_image = rest_bytes[0]["request_bytes_per_image"]
@@ -125,6 +114,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             "x",
             f"{per_image:,.0f} vs {seed['request_bytes_per_image']:,.0f} bytes per image",
         )
+    out += paired_targets(results)
     onnx = [s for s in results["servers"] if s["config"]["backend"] == "onnx" and s["role"] == "default"]
     if onnx:
         add(
@@ -134,6 +124,64 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             False,
             "s",
             onnx[0]["label"],
+        )
+    return out
+
+
+def paired_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The default-settings targets from the paired rounds (`benchmarks.plan.PAIRED_ROUNDS`): each the
+    median over rounds of the round's own difference or ratio; the detail lists every round's."""
+    server = next((s for s in results["servers"] if s.get("paired")), None)
+    if server is None:
+        return []
+    rounds = server["paired"]["rounds"]
+    ref = server["paired"]["reference_batch"]
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, values: list[float], target: float, higher: bool, unit: str) -> None:
+        value = statistics.median(values)
+        shown = ", ".join(f"{v:.2f}" for v in values)
+        out.append(
+            {
+                "name": f"{name} (median of {len(values)} paired rounds)",
+                "value": value,
+                "target": target,
+                "higher_is_better": higher,
+                "unit": unit,
+                "met": value >= target if higher else value <= target,
+                "detail": f"{server['label']}; rounds: {shown}",
+            }
+        )
+
+    for transport in ("rest", "grpc"):
+        add(
+            f"default settings, {transport}: one image at concurrency 1, served p50 minus in-process p50",
+            [r[f"{transport} b1 c1"]["p50_ms"] - r["in-process b1"]["p50_ms"] for r in rounds],
+            TARGETS["c1_overhead_ms"],
+            False,
+            "ms",
+        )
+    for transport in ("rest", "grpc"):
+        add(
+            f"default settings, {transport}: 8 clients of one image vs in-process batch {ref}, images/s",
+            [
+                r[f"{transport} b1 c8"]["images_per_s"] / r[f"in-process b{ref}"]["images_per_s"]
+                for r in rounds
+            ],
+            TARGETS["c8_vs_batch16"],
+            True,
+            "x",
+        )
+    for transport in ("rest", "grpc"):
+        add(
+            f"default settings, {transport}: {ref} images per request vs in-process batch {ref}, images/s",
+            [
+                r[f"{transport} b{ref} c1"]["images_per_s"] / r[f"in-process b{ref}"]["images_per_s"]
+                for r in rounds
+            ],
+            TARGETS["b16_vs_batch16"],
+            True,
+            "x",
         )
     return out
 
@@ -162,7 +210,7 @@ def defaults(results: dict[str, Any]) -> dict[str, Any]:
         "pick_config": pick["config"],
         "saturation_images_per_s": saturation,
         "single_p50_ms": single,
-        "current": {"parallel_workers": default_workers()},
+        "current": {"profile": DEFAULT_PROFILE, "parallel_workers": default_workers()},
     }
 
 

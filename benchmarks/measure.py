@@ -29,7 +29,11 @@ from benchmarks.plan import (
     IMAGE_COUNT,
     IMAGE_QUALITY,
     IMAGE_SIZE,
+    PAIRED_ROUNDS,
+    PAIRED_RUNS,
+    PAIRED_WINDOW,
     QUICK,
+    QUICK_PAIRED_ROUNDS,
     QUICK_SWEEP_FRACTIONS,
     REGENERATE,
     SEED_BATCH,
@@ -166,9 +170,11 @@ class ServerResult:
     role: str
     config: dict[str, Any]
     cold_start_s: float
-    rss_mb: float
+    rss_mb: float  # the server's process tree after its first run (loaded, warmed up)
+    idle_rss_mb: float = math.nan  # the same, ready but before any request
     runs: list[dict[str, Any]] = field(default_factory=list)
     sweep: dict[str, Any] | None = None  # `sweep_rates` on this server, when its plan asks for it
+    paired: dict[str, Any] | None = None  # `paired_targets` on this server, when its plan asks for it
 
 
 def run_matrix(model_source: Path, workdir: Path, quick: bool = False) -> dict[str, Any]:
@@ -218,7 +224,8 @@ def run_matrix(model_source: Path, workdir: Path, quick: bool = False) -> dict[s
     servers: list[ServerResult] = []
     for plan in server_plan(best, backends, quick):
         log(f"server: {plan.config.label}")
-        servers.append(serve(plan, model_dir, workdir, images, timing, notes))
+        rounds = QUICK_PAIRED_ROUNDS if quick else PAIRED_ROUNDS
+        servers.append(serve(plan, model_dir, workdir, images, timing, notes, rounds))
     results["servers"] = [asdict(s) for s in servers]
     results["notes"] = notes
     results["elapsed_s"] = time.monotonic() - begun
@@ -229,7 +236,13 @@ def run_matrix(model_source: Path, workdir: Path, quick: bool = False) -> dict[s
 
 
 def serve(
-    plan: ServerPlan, model_dir: Path, workdir: Path, images: list[bytes], timing: Timing, notes: list[str]
+    plan: ServerPlan,
+    model_dir: Path,
+    workdir: Path,
+    images: list[bytes],
+    timing: Timing,
+    notes: list[str],
+    rounds: int = PAIRED_ROUNDS,
 ) -> ServerResult:
     config = plan.config
     folder = workdir / "servers" / config.label.replace(" ", "").replace(",", "_").replace("/", "-")
@@ -237,6 +250,7 @@ def serve(
     folder.mkdir(parents=True)
     server = start_server(folder, model_dir, config)
     result = ServerResult(config.label, plan.role, asdict(config), server.cold_start_s, math.nan)
+    result.idle_rss_mb = ProcessTree(server.process.pid).rss() / 2**20
     try:
         for run in plan.runs:
             duration = timing.seed_duration_s if run.encoding == "tensor" else timing.duration_s
@@ -267,6 +281,8 @@ def serve(
                 notes.append(f"{result.label} | {run.label}: errors {report.errors}")
         if plan.sweep:
             result.sweep = sweep_rates(server, result, images, timing)
+        if plan.paired:
+            result.paired = paired_targets(server, config.backend, model_dir, images, rounds)
     finally:
         server.stop()
     return result
@@ -313,4 +329,66 @@ def sweep_rates(
         "timeout_s": spec.timeout_s,
         "max_in_flight": spec.max_in_flight,
         "points": [RatePoint.of(r).to_dict() for r in reports],
+    }
+
+
+def paired_targets(
+    server: StartedServer, backend: Backend, model_dir: Path, images: list[bytes], rounds: int
+) -> dict[str, Any]:
+    """The default-settings targets in `rounds` rounds (see `PAIRED_ROUNDS`): in each, the in-process
+    pipeline at batch 1 and `SEED_BATCH`, then every `PAIRED_RUNS` run against `server`, back to back.
+
+    The in-process runs use a classifier loaded here, in the load generator, with the backend's
+    default threads, as the server's is: while they run the server is idle, and while the server runs
+    this process only sends."""
+    from cassava.pipeline import Classifier
+    from cassava.preprocessing import Limits
+
+    warmup_s, duration_s = PAIRED_WINDOW
+    classifier = Classifier.load(model_dir, backend, limits=Limits(max_images=max(64, SEED_BATCH)))
+    out: list[dict[str, Any]] = []
+    for k in range(rounds):
+        row: dict[str, Any] = {}
+        for batch in (1, SEED_BATCH):
+            report = run_in_process(
+                images,
+                model_dir=model_dir,
+                backend=backend,
+                batch=batch,
+                duration_s=duration_s,
+                warmup_s=warmup_s,
+                classifier=classifier,
+            )
+            row[f"in-process b{batch}"] = _brief(report)
+        for transport, batch, concurrency in PAIRED_RUNS:
+            spec = LoadSpec(
+                target=server.target("grpc" if transport == "grpc" else "rest"),
+                batch=batch,
+                concurrency=concurrency,
+                duration_s=duration_s,
+                warmup_s=warmup_s,
+                timeout_s=60.0,
+            )
+            row[f"{transport} b{batch} c{concurrency}"] = _brief(run_load(spec, images))
+        log(
+            f"  paired round {k + 1}/{rounds}: in-process b1 p50 {row['in-process b1']['p50_ms']:.1f} ms, "
+            f"b{SEED_BATCH} {row[f'in-process b{SEED_BATCH}']['images_per_s']:.1f} images/s; "
+            + ", ".join(
+                f"{name} {v['p50_ms']:.1f} ms"
+                if name.endswith("b1 c1")
+                else f"{name} {v['images_per_s']:.1f}/s"
+                for name, v in row.items()
+                if not name.startswith("in-process")
+            )
+        )
+        out.append(row)
+    return {"rounds": out, "window_s": list(PAIRED_WINDOW), "reference_batch": SEED_BATCH}
+
+
+def _brief(report: BenchReport) -> dict[str, Any]:
+    return {
+        "images_per_s": report.images_per_s,
+        "p50_ms": report.latency_ms["p50"],
+        "p99_ms": report.latency_ms["p99"],
+        "errors": report.error_count,
     }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from cassava.bench import DEFAULT_SLO_MS, ServerConfig
 from cassava.settings import Backend
@@ -31,10 +32,31 @@ TARGETS = {
     "speedup": 2.5,
     "served_vs_limit": 0.8,
     "served_vs_seed": 15.0,
-    "single_image_overhead_ms": 5.0,
     "bytes_vs_seed": 1 / 20,
     "onnx_cold_start_s": 5.0,
+    # With default settings (no flags), from the paired rounds below:
+    "c1_overhead_ms": 2.0,  # one image at concurrency 1: served p50 minus in-process p50
+    "c8_vs_batch16": 0.9,  # 8 clients of one image each: images/s vs the in-process pipeline at batch 16
+    "b16_vs_batch16": 0.95,  # 16 images per request, one client: images/s vs the same
 }
+
+#: The default-settings targets compare a server with the in-process pipeline on a machine whose speed
+#: drifts by tens of percent within a minute (shared cores). So they are measured in rounds: each round
+#: runs the in-process reference and the served runs back to back in short windows, and a target is the
+#: median over rounds of each round's own ratio (or difference), so drift between rounds cancels out.
+PAIRED_ROUNDS = 5
+QUICK_PAIRED_ROUNDS = 2
+PAIRED_WINDOW = (0.5, 2.0)  # warm-up and measured seconds of each run in a round
+#: (transport, images per request, concurrency) of the served runs of each round; in-process runs at
+#: batch 1 (the c1 reference) and `SEED_BATCH` (the throughput reference) before them.
+PAIRED_RUNS = (
+    ("rest", 1, 1),
+    ("grpc", 1, 1),
+    ("rest", 1, 8),
+    ("grpc", 1, 8),
+    ("rest", 16, 1),
+    ("grpc", 16, 1),
+)
 
 
 #: The open-loop sweep (one image per REST request, on the best backend's default server): rates as
@@ -79,6 +101,7 @@ class ServerPlan:
     runs: tuple[Run, ...]
     role: str = ""  # "default" marks the server whose cold start and memory stand for its backend
     sweep: bool = False  # after the runs: the open-loop latency-vs-rate sweep (`SWEEP_FRACTIONS`)
+    paired: bool = False  # after the runs: the default-settings targets in rounds (`PAIRED_RUNS`)
 
 
 def default_workers() -> int:
@@ -92,51 +115,50 @@ def _grid_runs() -> tuple[Run, ...]:
 
 
 def server_plan(best: Backend, backends: Sequence[Backend], quick: bool = False) -> list[ServerPlan]:
-    """What runs, in order. The full grid on `best`; TensorFlow's default server with and without
-    batching; the seed's request on TensorFlow (the seed's backend) and on `best`; the latency-vs-rate
-    sweep on `best`'s default server."""
+    """What runs, in order. On `best`: each serving profile with the grid (the default profile also
+    with 16 images per request, the seed's request, the latency-vs-rate sweep and the paired targets),
+    then the settings the profiles were chosen against: a parallel worker (MLServer's default) without
+    and with batching, and 2 workers with batching. TensorFlow: its default profile with the seed's
+    request, and the throughput profile."""
+    from cassava.server.config import DEFAULT_PROFILE, PROFILES
+
     cores = os.cpu_count() or 1
     seed = Run("rest", "tensor", SEED_BATCH, 1)
     plans: list[ServerPlan] = []
-    worker_counts = (1,) if quick else (0, 1, 2)
-    for workers in worker_counts:
-        for batching in (False, True):
-            runs = _grid_runs()
-            default = workers == default_workers() and not batching
-            if default:
-                # The seed's batch size with image bytes, and the seed's request on the same server.
-                runs = (*runs, Run("rest", "bytes", SEED_BATCH, 2), seed)
-            plans.append(
-                ServerPlan(
-                    ServerConfig(
-                        backend=best,
-                        workers=workers,
-                        adaptive_batch_size=ADAPTIVE[0] if batching else 0,
-                        adaptive_batch_time=ADAPTIVE[1] if batching else 0.0,
-                        # Each worker gets its share of the cores, so 2 workers do not oversubscribe.
-                        threads=max(1, cores // max(workers, 1)),
-                    ),
-                    runs,
-                    role="default" if default else "",
-                    sweep=default,
-                )
+    for name in PROFILES:
+        default = name == DEFAULT_PROFILE
+        runs = _grid_runs()
+        if default:
+            runs = (*runs, Run("rest", "bytes", SEED_BATCH, 1), Run("grpc", "bytes", SEED_BATCH, 1), seed)
+        plans.append(
+            ServerPlan(
+                ServerConfig.for_profile(best, name),
+                runs,
+                role="default" if default else "",
+                sweep=default,
+                paired=default,
             )
+        )
+    if not quick:
+        # The alternatives, each run through the same grid.
+        adaptive = {"adaptive_batch_size": ADAPTIVE[0], "adaptive_batch_time": ADAPTIVE[1]}
+        alternatives: list[dict[str, Any]] = [
+            {"workers": 1},
+            {"workers": 1, **adaptive},
+            {"workers": 2, "threads": max(1, cores // 2), **adaptive},
+        ]
+        plans += [ServerPlan(ServerConfig(backend=best, **alt), _grid_runs()) for alt in alternatives]
     if best != "tensorflow" and "tensorflow" in backends:
         short = (Run("rest", concurrency=1), Run("rest", concurrency=32), Run("grpc", concurrency=32))
-        for batching in (False,) if quick else (False, True):
+        for name in PROFILES if not quick else (DEFAULT_PROFILE,):
+            default = name == DEFAULT_PROFILE
             plans.append(
                 ServerPlan(
-                    ServerConfig(
-                        backend="tensorflow",
-                        workers=default_workers(),
-                        adaptive_batch_size=ADAPTIVE[0] if batching else 0,
-                        adaptive_batch_time=ADAPTIVE[1] if batching else 0.0,
-                        threads=max(1, cores // max(default_workers(), 1)),
-                    ),
+                    ServerConfig.for_profile("tensorflow", name),
                     (*short, seed, Run("rest", "tensor", SEED_BATCH, 1, encode_each=True))
-                    if not batching
+                    if default
                     else short,
-                    role="" if batching else "default",
+                    role="default" if default else "",
                 )
             )
     return plans

@@ -114,6 +114,88 @@ def _targets(results: dict[str, Any]) -> Lines:
     ]
 
 
+def _paired(results: dict[str, Any]) -> Lines:
+    server = next((s for s in results["servers"] if s.get("paired")), None)
+    if server is None:
+        return []
+    paired = server["paired"]
+    ref = paired["reference_batch"]
+    names = [n for n in paired["rounds"][0] if not n.startswith("in-process")]
+    rows = []
+    for k, r in enumerate(paired["rounds"], 1):
+        row = [str(k), fmt(r["in-process b1"]["p50_ms"]), fmt(r[f"in-process b{ref}"]["images_per_s"])]
+        for name in names:
+            v = r[name]
+            row.append(f"{fmt(v['p50_ms'])} ms" if name.endswith("b1 c1") else f"{fmt(v['images_per_s'])}/s")
+        rows.append(row)
+    warmup, window = paired["window_s"]
+    return [
+        "### Default settings, in paired rounds",
+        "",
+        f"Server: **{server['label']}**, started with no options. This machine's speed drifts by tens of "
+        "percent within a minute (its cores are shared), more than the margins of the targets, so "
+        "each round runs the in-process pipeline (one classifier loaded in the load generator, idle "
+        "while the server runs) and then the served runs back to back, each "
+        f"{fmt(window)} s after {fmt(warmup)} s of warm-up; a target above is the median of the rounds' "
+        "own differences or ratios.",
+        "",
+        _table(["round", "in-process b1 p50 ms", f"in-process b{ref} images/s", *names], rows),
+        "",
+    ]
+
+
+def _profiles(results: dict[str, Any]) -> Lines:
+    """The profiles side by side: what each gives a lone client and a crowd."""
+    from cassava.server.config import DEFAULT_PROFILE, PROFILES
+
+    best = results["best_backend"]
+    rows = []
+    for server in results["servers"]:
+        config = server["config"]
+        if config["backend"] != best:
+            continue
+        runs = {r["label"].split(" | ")[-1]: r for r in server["runs"]}
+
+        def p50(label: str, _runs: dict[str, Any] = runs) -> str:
+            return fmt(_runs[label]["latency_ms"]["p50"]) if label in _runs else "-"
+
+        def ips(label: str, _runs: dict[str, Any] = runs) -> str:
+            return fmt(_runs[label]["images_per_s"]) if label in _runs else "-"
+
+        def p99(label: str, _runs: dict[str, Any] = runs) -> str:
+            return fmt(_runs[label]["latency_ms"]["p99"]) if label in _runs else "-"
+
+        name = config.get("profile") or ""
+        shown = f"**{name}**{' (default)' if name == DEFAULT_PROFILE else ''}" if name else "-"
+        rows.append(
+            [
+                shown,
+                server["label"].split(": ", 1)[-1],
+                p50("rest bytes b1 c1"),
+                p50("grpc bytes b1 c1"),
+                ips("rest bytes b1 c8"),
+                ips("grpc bytes b1 c8"),
+                ips("rest bytes b1 c32"),
+                ips("grpc bytes b1 c32"),
+                p99("rest bytes b1 c32"),
+                fmt(server["rss_mb"], 0),
+            ]
+        )
+    header = ["profile", "settings", "REST c1 p50 ms", "gRPC c1 p50 ms", "REST c8 images/s"]
+    header += ["gRPC c8 images/s", "REST c32 images/s", "gRPC c32 images/s", "REST c32 p99 ms", "RSS MiB"]
+    described = "; ".join(f"`{n}`: {p.describe()}" for n, p in PROFILES.items())
+    return [
+        f"## Profiles ({best})",
+        "",
+        f"`cassava serve --profile NAME` (or CASSAVA_PROFILE=NAME; deploy/components/profile in "
+        f"Kubernetes). {described}. The rows without a profile are the settings the profiles were "
+        "chosen against, from the same run (the full table is under Served).",
+        "",
+        _table(header, rows),
+        "",
+    ]
+
+
 def _in_process(results: dict[str, Any]) -> Lines:
     rows = [
         [
@@ -188,7 +270,13 @@ def _served(results: dict[str, Any]) -> Lines:
 
 def _cold_start(results: dict[str, Any]) -> Lines:
     rows = [
-        [s["label"], "yes" if s["role"] == "default" else "", fmt(s["cold_start_s"]), fmt(s["rss_mb"], 0)]
+        [
+            s["label"],
+            "yes" if s["role"] == "default" else "",
+            fmt(s["cold_start_s"]),
+            fmt(s.get("idle_rss_mb", math.nan), 0),
+            fmt(s["rss_mb"], 0),
+        ]
         for s in results["servers"]
     ]
     return [
@@ -199,9 +287,10 @@ def _cold_start(results: dict[str, Any]) -> Lines:
         "which implies `/v2/health/ready`), with the dependencies' bytecode compiled at install time "
         "as `make setup` and the image do (without it, and with `PYTHONDONTWRITEBYTECODE` set, every "
         "start recompiles MLServer's imports: `import mlserver` takes 6 s instead of 2 s here). "
-        "Memory: resident set of the server's whole process tree (workers included) after the first run.",
+        "Memory: resident set of the server's whole process tree (workers included), idle (ready, "
+        "before any request) and after the first run (loaded and warmed up).",
         "",
-        _table(["server", "default for its backend", "cold start s", "RSS MiB"], rows),
+        _table(["server", "default for its backend", "cold start s", "idle RSS MiB", "RSS MiB"], rows),
         "",
     ]
 
@@ -316,18 +405,20 @@ def _defaults(results: dict[str, Any]) -> Lines:
         "",
         f"This run's pick (most images/s at saturation among the configurations within 10% + 2 ms of the "
         f"best single-image latency): **{d['pick']}** ({fmt(d['saturation_images_per_s'])} images/s at "
-        f"saturation, {fmt(d['single_p50_ms'])} ms p50 for one image). The project's defaults: "
-        f"`parallel_workers` {d['current']['parallel_workers']} (see the rationale below).",
+        f"saturation, {fmt(d['single_p50_ms'])} ms p50 for one image). The project's default: the "
+        f"`{d['current'].get('profile', 'latency')}` profile, `parallel_workers` "
+        f"{d['current']['parallel_workers']} (see the rationale below).",
         "",
     ]
 
 
 def render(results: dict[str, Any], chart: str | None) -> str:
     """The whole page; `chart` is the chart's path relative to the page, if one was drawn."""
-    parts = _header(results) + _machine(results) + _targets(results)
+    parts = _header(results) + _machine(results) + _targets(results) + _paired(results)
     if chart:
         parts += [f"![images/s and latency of every served configuration]({chart})", ""]
-    parts += _in_process(results) + _served(results) + _rate_curve(results, chart is not None)
+    parts += _profiles(results) + _in_process(results) + _served(results)
+    parts += _rate_curve(results, chart is not None)
     parts += _cold_start(results) + _decode(results) + _defaults(results)
     parts += [notes(), ""]
     return "\n".join(parts)

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from cassava.preprocessing import Limits
 
 Backend = Literal["tensorflow", "onnx"]
+#: How the server trades single-request latency against throughput (`cassava.server.config.PROFILES`).
+Profile = Literal["latency", "throughput"]
 
 MiB = 1024 * 1024
 
@@ -29,6 +31,14 @@ class CassavaSettings(BaseSettings):
         description="Model directory. Unset: the model's `uri` in model-settings.json, then the cache.",
     )
     backend: Backend = Field(default="tensorflow", description="Inference backend.")
+    profile: Profile = Field(
+        default="latency",
+        description="Serving profile: latency (inference in the server process, no batching: the "
+        "fastest single request) or throughput (requests arriving together merged into one model call: "
+        "more images/s under concurrent load, a wait for a lone request). See docs/performance.md. Set "
+        "as CASSAVA_PROFILE it overrides the worker and batching values of settings.json and "
+        "model-settings.json (`cassava.server.launcher`).",
+    )
     # Not `max_batch_size`: in model-settings.json that name is MLServer's adaptive batching (requests
     # merged into one call).
     max_images: int = Field(default=64, ge=1, description="Most images in one request.")

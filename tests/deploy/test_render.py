@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -310,3 +311,50 @@ def test_cli_render_without_kubectl_says_so(monkeypatch: pytest.MonkeyPatch, tmp
     assert "kubectl is not installed" in result.stderr
     assert len(result.stderr.strip().splitlines()) <= 3  # one message (wrapped at most), no traceback
     assert shutil.which("kubectl", path=str(tmp_path)) is None
+
+
+def _env_lists(node: Any) -> list[list[dict[str, Any]]]:
+    """Every container `env` list in a rendered object, wherever the target's kind keeps it."""
+    found: list[list[dict[str, Any]]] = []
+    if isinstance(node, dict):
+        env = node.get("env")
+        if isinstance(env, list) and all(isinstance(e, dict) and "name" in e for e in env):
+            found.append(env)
+        for value in node.values():
+            found += _env_lists(value)
+    elif isinstance(node, list):
+        for value in node:
+            found += _env_lists(value)
+    return found
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("profile", ["latency", "throughput"])
+def test_a_profile_reaches_the_model_server_of_every_target(target: str, profile: str) -> None:
+    """deploy/components/profile/NAME: CASSAVA_PROFILE in the container that runs the launcher (the one
+    with cassava's own variables), and nowhere else; without --profile the image's default stays."""
+    docs = load_all(render(target, "reg.example/cassava:1.0", profile=profile))
+    ours = [
+        env
+        for doc in docs
+        for env in _env_lists(doc)
+        if any(e["name"] == "CASSAVA_SHUTDOWN_GRACE_SECONDS" for e in env)
+    ]
+    assert len(ours) == 1, ours
+    assert {"name": "CASSAVA_PROFILE", "value": profile} in ours[0]
+    others = [env for doc in docs for env in _env_lists(doc) if env is not ours[0]]
+    assert not [e for env in others for e in env if e["name"] == "CASSAVA_PROFILE"]
+    plain = load_all(render(target, "reg.example/cassava:1.0"))
+    assert not [e for doc in plain for env in _env_lists(doc) for e in env if e["name"] == "CASSAVA_PROFILE"]
+
+
+def test_an_unknown_profile_is_refused_with_the_choices() -> None:
+    with pytest.raises(RenderError, match="unknown profile 'fast'; choose one of latency, throughput"):
+        render("kubernetes", "reg.example/cassava:1.0", profile="fast")
+
+
+def test_the_profile_components_are_the_serving_profiles() -> None:
+    from cassava.server.config import PROFILES
+
+    root = Path(__file__).resolve().parents[2] / "deploy" / "components" / "profile"
+    assert sorted(p.name for p in root.iterdir()) == sorted(PROFILES)

@@ -130,7 +130,8 @@ DEVIATIONS: dict[str, str] = {
     "containers/mlserver/env/MLSERVER_HTTP_PORT/value": "our image's 8080, as on every target",
     "containers/mlserver/env/MLSERVER_GRPC_PORT/value": "our image's 8081, as on every target",
     "containers/mlserver/env/MLSERVER_MODEL_PARALLEL_WORKERS/value": (
-        "deprecated per-model name in MLServer 1.7.1; MLSERVER_PARALLEL_WORKERS=1 (Seldon 2.10's) instead"
+        "deprecated per-model name in MLServer 1.7.1; MLSERVER_PARALLEL_WORKERS (Seldon 2.10's name) "
+        "with the default profile's 0 instead"
     ),
     "containers/mlserver/env/MLSERVER_GRPC_MAX_MESSAGE_LENGTH/value": "our 64 MiB bound (settings.json)",
     "containers/mlserver/resources/requests": "our sizing: 2 CPU / 2Gi, requests = limits",

@@ -1,7 +1,8 @@
-"""Observability through a real server: our metrics move by exactly what was sent, from the worker.
+"""Observability through a real server: our metrics move by exactly what was sent, wherever inference runs.
 
-MLServer runs inference in a separate worker process (parallel_workers=1, the default) and aggregates
-metrics through prometheus_client's multiprocess directory. The server gets its own metrics directory:
+Two servers: the default (`parallel_workers: 0`, inference in the server process, whose registry the
+metrics port serves) and one with a worker process (parallel_workers=1), where MLServer aggregates
+metrics through prometheus_client's multiprocess directory. That server gets its own metrics directory:
 MLServer's default is `.metrics` in the working directory, which every server started from the same
 directory would share (and sum).
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -28,10 +30,23 @@ DASHBOARD = ROOT / "deploy" / "monitoring" / "grafana-dashboard.json"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
-@pytest.fixture(scope="module")
-def server(standin_server: ServerProcess) -> ServerProcess:
-    """The shared stand-in server: every assertion below is on the change between two scrapes."""
-    return standin_server
+@pytest.fixture(scope="module", params=[0, 1], ids=["in-the-server-process", "in-a-worker"])
+def server(
+    request: pytest.FixtureRequest,
+    standin_server: ServerProcess,
+    tmp_path_factory: pytest.TempPathFactory,
+    demo_model_dir: Path,
+) -> Iterator[ServerProcess]:
+    """The shared stand-in server (the default settings), then one with a worker process: every
+    assertion below is on the change between two scrapes."""
+    if request.param == 0:
+        yield standin_server
+        return
+    workdir = tmp_path_factory.mktemp("worker-metrics")
+    with ServerProcess.for_model(
+        workdir, model_dir=demo_model_dir, server={"parallel_workers": request.param}
+    ) as server:
+        yield server
 
 
 def scrape(server: ServerProcess) -> Samples:
@@ -59,9 +74,8 @@ def images_input(images: list[bytes]) -> dict[str, object]:
     return {"name": IMAGES_INPUT, "datatype": "BYTES", "shape": [len(images)], "data": data}
 
 
-def test_metrics_count_exactly_what_the_worker_did(server: ServerProcess, sample_jpegs: list[bytes]) -> None:
-    settings = json.loads((server.folder / "settings.json").read_text())
-    assert settings["parallel_workers"] == 1  # inference in a worker process, not in the server's
+def test_metrics_count_exactly_what_the_model_did(server: ServerProcess, sample_jpegs: list[bytes]) -> None:
+    workers = json.loads((server.folder / "settings.json").read_text())["parallel_workers"]
 
     before = scrape(server)
     predicted: dict[str, int] = {}
@@ -104,6 +118,8 @@ def test_metrics_count_exactly_what_the_worker_did(server: ServerProcess, sample
     assert delta("rest_server_requests_total", path=infer_path, status_code="400") == 3
     assert delta("rest_server_request_duration_seconds_count", path=infer_path) == len(batches) + 3
 
+    if not workers:
+        return
     # Our series were written by the worker, not the server process: the multiprocess files carry PIDs.
     pids = {
         int(m.group(1))
@@ -128,7 +144,8 @@ def test_the_dashboard_queries_metrics_the_server_exports(server: ServerProcess)
     post(server, [images_input([b""])])  # one reject, so the labelled counter has a series
     exported = {name for name, _ in scrape(server)}
     # Series from cAdvisor, kube-state-metrics and Prometheus itself; the gRPC histogram appears with
-    # the first gRPC call and adaptive batching's queue only when batching is on.
+    # the first gRPC call, adaptive batching's queue only when batching is on, and the parallel
+    # workers' queue only with workers.
     elsewhere = {
         "container_cpu_usage_seconds_total",
         "container_memory_working_set_bytes",
@@ -136,6 +153,11 @@ def test_the_dashboard_queries_metrics_the_server_exports(server: ServerProcess)
         "up",
         "grpc_server_handled_total",
         "batch_request_queue_bucket",
+        *(
+            ()
+            if json.loads((server.folder / "settings.json").read_text())["parallel_workers"]
+            else ("parallel_request_queue_bucket",)
+        ),
     }
     missing = sorted(dashboard_metric_names() - exported - elsewhere)
     assert not missing, f"the dashboard queries metrics this server does not export: {missing}"

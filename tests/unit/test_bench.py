@@ -138,6 +138,11 @@ def test_error_kinds_are_short_and_stable() -> None:
 
     assert error_kind(HTTPStatusError(400, b"bad")) == "http_400"
     assert error_kind(GrpcError()) == "grpc_INVALID_ARGUMENT"
+    # What the gRPC driver's own channel raises: grpc.aio.AioRpcError, with `code()`.
+    import grpc
+
+    refused = grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata())
+    assert error_kind(refused) == "grpc_UNAVAILABLE"
     assert error_kind(TimeoutError()) == "timeout"
     assert error_kind(ConnectionRefusedError()) == "connection"
     assert error_kind(ValueError("x")) == "ValueError"
@@ -191,6 +196,67 @@ def test_rest_bytes_request_carries_the_files_base64(sample_jpegs: list[bytes]) 
     assert [base64.b64decode(item) for item in inp["data"]] == sample_jpegs[:2]
     assert prepared.nbytes == len(prepared.payload)
     assert prepared.images == 2
+
+
+def _grpc_request_and_tritonclients(group: list[bytes], encoding: str) -> tuple[bytes, bytes]:
+    """(what the gRPC driver sends, what tritonclient's client sends) for `group`, serialised; run in
+    `grpc_pool`, as tritonclient's stubs cannot share a process with MLServer's."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.grpc import _utils, service_pb2
+
+    from cassava.client import images_input, tensor_input
+    from cassava.preprocessing import Limits, preprocess_images
+
+    (prepared,) = prepare_requests(group, mode="grpc", encoding=encoding, batch=len(group))  # type: ignore[arg-type]
+    prefix = service_pb2.ModelInferRequest(model_name="cassava").SerializeToString()
+    sent = service_pb2.ModelInferRequest.FromString(prefix + prepared.payload)
+    inp = (
+        images_input(grpcclient, group, "grpc")
+        if encoding == "bytes"
+        else tensor_input(grpcclient, preprocess_images(group, Limits()), "grpc")
+    )
+    expected = _utils._get_inference_request(
+        model_name="cassava",
+        inputs=[inp],
+        model_version="",
+        request_id="",
+        outputs=None,
+        sequence_id=0,
+        sequence_start=False,
+        sequence_end=False,
+        priority=0,
+        timeout=None,
+        parameters=None,
+    )
+    return sent.SerializeToString(deterministic=True), expected.SerializeToString(deterministic=True)
+
+
+@pytest.mark.parametrize("encoding", ["bytes", "tensor"])
+def test_grpc_requests_are_what_tritonclient_sends(
+    sample_jpegs: list[bytes], encoding: str, grpc_pool: Any
+) -> None:
+    """The gRPC driver sends requests serialised beforehand, with the model name prefixed: the bytes
+    must be the request tritonclient 2.73.0's gRPC client builds for the same InferInput
+    (tritonclient/grpc/_utils.py `_get_inference_request`, called here as the oracle; the served runs of
+    tests/integration/test_bench_smoke.py send these bytes to a real server)."""
+    from mlserver.grpc import dataplane_pb2
+    from mlserver.grpc.converters import ModelInferRequestConverter
+
+    from cassava.preprocessing import Limits, preprocess_images
+    from cassava.server.protocol import decode_request
+
+    group = sample_jpegs[:2]
+    sent, expected = grpc_pool.submit(_grpc_request_and_tritonclients, group, encoding).result()
+    assert sent == expected
+    # And MLServer reads the images (or the seed's tensor) back from them.
+    decoded = decode_request(
+        ModelInferRequestConverter.to_types(dataplane_pb2.ModelInferRequest.FromString(sent))
+    )
+    if encoding == "bytes":
+        assert decoded.images == group
+    else:
+        assert decoded.tensor is not None
+        np.testing.assert_array_equal(decoded.tensor, preprocess_images(group, Limits()))
 
 
 def test_seed_request_equals_numpy_codec(sample_jpegs: list[bytes]) -> None:

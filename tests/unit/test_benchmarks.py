@@ -37,18 +37,47 @@ def fake_results() -> dict[str, Any]:
         )
 
     def server(
-        backend: str, role: str, runs: list[dict[str, Any]], sweep: dict[str, Any] | None = None
+        backend: str,
+        role: str,
+        runs: list[dict[str, Any]],
+        sweep: dict[str, Any] | None = None,
+        paired: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        config = {"backend": backend, "workers": 1}
+        config = {"backend": backend, "workers": 0, "profile": "latency"}
         return {
             "label": backend,
             "role": role,
             "config": config,
             "cold_start_s": 4.0,
+            "idle_rss_mb": 300.0,
             "rss_mb": 500.0,
             "runs": runs,
             "sweep": sweep,
+            "paired": paired,
         }
+
+    def brief(ips: float, p50: float) -> dict[str, Any]:
+        return {"images_per_s": ips, "p50_ms": p50, "p99_ms": p50 * 2, "errors": 0}
+
+    # Three rounds on a drifting machine: the in-process reference moves, and each round's own ratio is
+    # what counts (round 2 is 25% slower everywhere).
+    paired = {
+        "window_s": [0.5, 2.0],
+        "reference_batch": 16,
+        "rounds": [
+            {
+                "in-process b1": brief(150.0, 6.0 * f),
+                "in-process b16": brief(240.0 / f, 60.0),
+                "rest b1 c1": brief(100.0, 6.0 * f + d),
+                "grpc b1 c1": brief(100.0, 6.0 * f + d - 0.5),
+                "rest b1 c8": brief(228.0 / f, 40.0),
+                "grpc b1 c8": brief(216.0 / f, 40.0),
+                "rest b16 c1": brief(232.0 / f, 60.0),
+                "grpc b16 c1": brief(240.0 / f, 60.0),
+            }
+            for f, d in ((1.0, 1.5), (1.25, 1.8), (1.0, 2.5))
+        ],
+    }
 
     def point(rate: float, p99: float) -> dict[str, Any]:
         stats = {"p50": p99 / 4, "p90": p99 / 2, "p99": p99, "mean": p99 / 4, "max": p99}
@@ -111,6 +140,7 @@ def fake_results() -> dict[str, Any]:
                     run("onnx | rest bytes b1 c8", "rest", 200.0, 40.0, concurrency=8),
                 ],
                 sweep,
+                paired,
             ),
             server(
                 "tensorflow",
@@ -147,10 +177,25 @@ def test_matrix_targets_and_markdown_come_from_the_results() -> None:
         pytest.approx(200 / 240)
     )
     assert by_name["served image bytes vs the seed's request, images/s"]["value"] == pytest.approx(25.0)
-    assert by_name["one image at concurrency 1: served p50 minus in-process p50"]["value"] == pytest.approx(
-        3.0
-    )
     assert by_name["ONNX-only server cold start (process start to ready)"]["met"] is True
+    paired = {t["name"].split(" (median")[0]: t for t in targets(results) if "paired rounds" in t["name"]}
+    c1 = "default settings, {}: one image at concurrency 1, served p50 minus in-process p50"
+    # The median of each round's own difference: 1.5, 1.8 and 2.5 ms (REST), 0.5 ms less for gRPC.
+    assert paired[c1.format("rest")]["value"] == pytest.approx(1.8)
+    assert paired[c1.format("rest")]["met"] is True
+    assert paired[c1.format("grpc")]["value"] == pytest.approx(1.3)
+    c8 = "default settings, {}: 8 clients of one image vs in-process batch 16, images/s"
+    assert paired[c8.format("rest")]["value"] == pytest.approx(0.95)  # the same in every round
+    assert paired[c8.format("grpc")]["value"] == pytest.approx(0.9)
+    assert paired[c8.format("grpc")]["met"] is True
+    b16 = "default settings, {}: 16 images per request vs in-process batch 16, images/s"
+    assert paired[b16.format("rest")]["value"] == pytest.approx(232 / 240)
+    assert paired[b16.format("rest")]["met"] is True
+    assert "1.50, 1.80, 2.50" in paired[c1.format("rest")]["detail"]
+    results["servers"][0]["paired"]["rounds"][0]["rest b16 c1"]["images_per_s"] = 100.0
+    results["servers"][0]["paired"]["rounds"][1]["rest b16 c1"]["images_per_s"] = 100.0
+    missed = {t["name"].split(" (median")[0]: t for t in targets(results)}[b16.format("rest")]
+    assert missed["met"] is False
     page = render(finished(results), "img/performance.png")
     assert "GENERATED" in page
     assert "make bench" in page
@@ -158,6 +203,11 @@ def test_matrix_targets_and_markdown_come_from_the_results() -> None:
     assert "![" in page
     assert "87.5%" in page  # fast_decode agreement
     assert page.count("| yes |") >= 4
+    assert "### Default settings, in paired rounds" in page
+    assert "| 2 | 7.5 | 192.0 | 9.3 ms | 8.8 ms | 182.4/s |" in page  # round 2's own figures
+    assert "## Profiles (onnx)" in page
+    assert "**latency** (default)" in page
+    assert "| 300 | 500 |" in page  # idle and warmed-up RSS
 
 
 def test_backends_are_compared_on_the_model_alone_when_measured() -> None:
@@ -182,26 +232,91 @@ def test_the_page_ends_with_the_hand_written_notes_verbatim() -> None:
     assert page.count(notes.splitlines()[0]) == 1
 
 
-def test_the_full_grid_runs_on_the_best_backend_and_tensorflow_keeps_its_defaults() -> None:
+def test_every_profile_runs_on_both_backends_and_the_default_carries_the_targets() -> None:
+    from cassava.server.config import DEFAULT_PROFILE, PROFILES
+
     plans = server_plan("onnx", ["tensorflow", "onnx"])
     onnx = [p for p in plans if p.config.backend == "onnx"]
     tensorflow = [p for p in plans if p.config.backend == "tensorflow"]
-    assert sorted({(p.config.workers, p.config.adaptive_batch_size) for p in onnx}) == [
-        (w, b) for w in (0, 1, 2) for b in (0, 8)
-    ]
-    assert [p.config.adaptive_batch_size for p in tensorflow] == [0, 8]
     for backend in (onnx, tensorflow):
+        assert {p.config.profile for p in backend if p.config.profile} == set(PROFILES)
         (default,) = [p for p in backend if p.role == "default"]
-        assert default.config.workers == default_workers()
-        assert default.config.adaptive_batch_size == 0
+        assert default.config.profile == DEFAULT_PROFILE
+        assert default.config.workers == default_workers() == PROFILES[DEFAULT_PROFILE].parallel_workers
+        assert default.config.adaptive_batch_size == 0  # the default profile does not batch
         seed = [r for r in default.runs if r.encoding == "tensor"]
         assert seed
         assert all(r.batch == SEED_BATCH for r in seed)
+    (paired,) = [p for p in plans if p.paired]
+    assert paired.config.backend == "onnx"
+    assert paired.role == "default"
+    # The settings the profiles were chosen against: a worker process, with and without batching.
+    assert {(p.config.workers, p.config.adaptive_batch_size) for p in onnx if not p.config.profile} >= {
+        (1, 0),
+        (1, 8),
+    }
     assert any(r.encode_each for p in tensorflow for r in p.runs)
     assert all(p.config.backend == "tensorflow" for p in server_plan("tensorflow", ["tensorflow"]))
     quick = server_plan("onnx", ["tensorflow", "onnx"], quick=True)
     assert len(quick) < len(plans)
     assert {p.config.backend for p in quick} == {"onnx", "tensorflow"}
+    assert [p for p in quick if p.paired]
+
+
+def test_paired_rounds_alternate_the_reference_and_the_served_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No server and no model: the runs are recorders, so this checks only the order of a round."""
+    from benchmarks import measure
+    from benchmarks.plan import PAIRED_RUNS
+
+    calls: list[str] = []
+
+    def fake_in_process(images: Any, *, batch: int, **_: Any) -> BenchReport:
+        calls.append(f"in-process b{batch}")
+        return fake_report(100.0, 10.0)
+
+    def fake_load(spec: Any, images: Any) -> BenchReport:
+        calls.append(f"{spec.target.split(':')[0]} b{spec.batch} c{spec.concurrency}")
+        return fake_report(90.0, 12.0)
+
+    class Classifier:
+        @staticmethod
+        def load(*_: Any, **__: Any) -> None:
+            return None
+
+    class Server:
+        def target(self, transport: str) -> str:
+            return "grpc://x" if transport == "grpc" else "http://x"
+
+    import cassava.pipeline
+
+    monkeypatch.setattr(cassava.pipeline, "Classifier", Classifier)
+    monkeypatch.setattr(measure, "run_in_process", fake_in_process)
+    monkeypatch.setattr(measure, "run_load", fake_load)
+    paired = measure.paired_targets(Server(), "onnx", Path("m"), [b"x"], rounds=2)  # type: ignore[arg-type]
+    one_round = ["in-process b1", f"in-process b{SEED_BATCH}"]
+    one_round += [f"{'grpc' if t == 'grpc' else 'http'} b{b} c{c}" for t, b, c in PAIRED_RUNS]
+    assert calls == one_round * 2
+    assert len(paired["rounds"]) == 2
+    assert paired["rounds"][1]["rest b1 c1"]["p50_ms"] == pytest.approx(12.0)
+    assert paired["rounds"][1]["in-process b16"]["p50_ms"] == pytest.approx(10.0)
+
+
+def fake_report(ips: float, p50_ms: float) -> BenchReport:
+    from cassava.bench import Record, build_report
+
+    n = int(ips)
+    records = [Record(i / n, p50_ms / 1000, 1, None) for i in range(n)]
+    return build_report(
+        records,
+        label="fake",
+        mode="rest",
+        target="x",
+        encoding="bytes",
+        batch=1,
+        concurrency=1,
+        warmup_s=0.0,
+        duration_s=1.0,
+    )
 
 
 def test_the_model_comes_from_the_command_line_or_the_environment(

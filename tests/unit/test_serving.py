@@ -457,6 +457,71 @@ def test_a_port_in_use_is_named() -> None:
     assert ports_in_use("127.0.0.1", {"REST (http_port)": free}) is None
 
 
+# --- serving profiles -----------------------------------------------------------------------------------
+
+
+def test_a_profile_is_written_into_the_model_folder(tmp_path: Path) -> None:
+    """The default (latency) profile: inference in the server process, no adaptive batching, MLServer's
+    debug logging off; throughput: the adaptive batcher. Options given explicitly beat the profile."""
+    from cassava.server.config import PROFILES
+
+    def written(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+        server = json.loads((folder / "settings.json").read_text())
+        model = json.loads((folder / "model-settings.json").read_text())
+        return server, model
+
+    server, model = written(write_model_folder(tmp_path / "default"))
+    assert server["parallel_workers"] == PROFILES["latency"].parallel_workers == 0
+    assert server["debug"] is False
+    assert "max_batch_size" not in model
+    assert "max_batch_time" not in model
+    server, model = written(write_model_folder(tmp_path / "throughput", extra={"profile": "throughput"}))
+    assert server["parallel_workers"] == PROFILES["throughput"].parallel_workers
+    assert (model["max_batch_size"], model["max_batch_time"]) == (8, 0.01)
+    assert model["parameters"]["extra"]["profile"] == "throughput"
+    _, model = written(write_model_folder(tmp_path / "explicit", extra={"profile": "throughput"}, options={}))
+    assert "max_batch_size" not in model
+    with pytest.raises(ValueError, match="unknown serving profile 'fast'; choose one of latency, throughput"):
+        write_model_folder(tmp_path / "bad", extra={"profile": "fast"})
+
+
+def test_cassava_profile_overrides_the_folders_workers_and_batching(
+    tmp_path: Path, demo_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a Kubernetes overlay's CASSAVA_PROFILE does to an image built with the default folder. The
+    files are read by MLServer's own loader (mlserver/cli/serve.py `load_settings`, MLServer 1.7.1)."""
+    from mlserver.cli.serve import load_settings
+    from pydantic import ValidationError
+
+    from cassava.server.app import apply_profile
+
+    folder = write_model_folder(
+        tmp_path / "model", extra={"model_dir": str(demo_model_dir)}, server={"parallel_workers": 2}
+    )
+    monkeypatch.delenv("CASSAVA_PROFILE", raising=False)
+    settings, models = asyncio.run(load_settings(str(folder)))
+    assert apply_profile(settings, models) is None  # unset: the files stand
+    assert settings.parallel_workers == 2
+    monkeypatch.setenv("CASSAVA_PROFILE", "throughput")
+    said = apply_profile(settings, models)
+    assert (
+        said
+        == "profile throughput (CASSAVA_PROFILE): 0 parallel workers, adaptive batching 8 requests / 10 ms"
+    )
+    assert settings.parallel_workers == 0
+    (model,) = models
+    assert (model.max_batch_size, model.max_batch_time) == (8, 0.01)
+    monkeypatch.setenv("CASSAVA_PROFILE", "latency")
+    assert (
+        apply_profile(settings, models)
+        == "profile latency (CASSAVA_PROFILE): 0 parallel workers, no batching"
+    )
+    assert model.max_batch_size == 1  # MLServer's "no adaptive batching"
+    monkeypatch.setenv("CASSAVA_PROFILE", "fast")
+    with pytest.raises(ValidationError, match="profile"):
+        apply_profile(settings, models)
+
+
 # --- preflight ------------------------------------------------------------------------------------------
 
 

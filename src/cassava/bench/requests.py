@@ -11,8 +11,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from cassava.client import Transport, images_input, rest_outputs, tensor_input
-from cassava.contract import INPUT_SPECS, TENSOR_INPUT
+from cassava.client import Transport, images_input, images_request_payload, rest_outputs
+from cassava.contract import IMAGES_INPUT, INPUT_SPECS, TENSOR_INPUT
 from cassava.preprocessing import Limits, preprocess_images
 
 Encoding = Literal["bytes", "tensor"]
@@ -76,9 +76,7 @@ def build_request(group: Sequence[bytes], *, mode: Transport, encoding: Encoding
         if mode == "rest":
             body = seed_request_json(tensor)
             return Prepared(body, batch, len(body))
-        import tritonclient.grpc as grpcclient
-
-        return Prepared([tensor_input(grpcclient, tensor, "grpc")], batch, tensor.nbytes)
+        return Prepared(grpc_request(TENSOR_INPUT, tensor), batch, tensor.nbytes)
     if mode == "rest":
         import tritonclient.http as httpclient
 
@@ -87,11 +85,33 @@ def build_request(group: Sequence[bytes], *, mode: Transport, encoding: Encoding
             inputs, outputs=rest_outputs(httpclient)
         )
         return Prepared(body, batch, len(body))
-    import tritonclient.grpc as grpcclient
-
     # Triton's BYTES serialisation: a 4-byte length before each element.
     nbytes = sum(len(data) + 4 for data in group)
-    return Prepared([images_input(grpcclient, group, "grpc")], batch, nbytes)
+    return Prepared(grpc_request(IMAGES_INPUT, list(group)), batch, nbytes)
+
+
+def grpc_request(name: str, data: np.ndarray | list[bytes]) -> bytes:
+    """A serialised `ModelInferRequest` with one input and no model name: what tritonclient's gRPC
+    client sends for `cassava.client.images_input` / `tensor_input` (BYTES as Triton's length-prefixed
+    serialisation, FP32 as raw little-endian floats).
+
+    The REST driver sends JSON bodies serialised before the clock starts; this is the same for gRPC, so
+    that the client's per-request work is the sockets, not rebuilding (and copying) the same protobuf.
+    The driver prefixes the serialised model name: concatenated protobuf messages merge."""
+    from tritonclient.grpc import service_pb2
+    from tritonclient.utils import serialize_byte_tensor
+
+    request = service_pb2.ModelInferRequest()
+    if name == IMAGES_INPUT:
+        array = images_request_payload(list(data), "grpc")
+        content = bytes(serialize_byte_tensor(array).item())
+        request.inputs.add(name=name, datatype="BYTES", shape=[len(array)])
+    else:
+        tensor = np.ascontiguousarray(data, dtype="<f4")
+        content = tensor.tobytes()
+        request.inputs.add(name=name, datatype=_TENSOR_DATATYPE, shape=list(tensor.shape))
+    request.raw_input_contents.append(content)
+    return bytes(request.SerializeToString())
 
 
 def prepare_requests(

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cassava.client import Transport
-from cassava.settings import Backend
+from cassava.settings import Backend, Profile
 
 if TYPE_CHECKING:
     from cassava.server.process import ServerProcess
@@ -27,6 +27,22 @@ class ServerConfig:
     adaptive_batch_time: float = 0.0
     threads: int | None = None
     fast_decode: bool = False
+    profile: str = ""  # the serving profile these settings are (`for_profile`), named in the label
+
+    @classmethod
+    def for_profile(cls, backend: Backend, profile: Profile, threads: int | None = None) -> ServerConfig:
+        """The server a profile (`cassava.server.config.PROFILES`) starts, with nothing else changed."""
+        from cassava.server.config import PROFILES
+
+        chosen = PROFILES[profile]
+        return cls(
+            backend=backend,
+            workers=chosen.parallel_workers,
+            adaptive_batch_size=chosen.max_batch_size if chosen.batching else 0,
+            adaptive_batch_time=chosen.max_batch_time if chosen.batching else 0.0,
+            threads=threads,
+            profile=profile,
+        )
 
     @property
     def label(self) -> str:
@@ -39,7 +55,8 @@ class ServerConfig:
             else "no batching"
         )
         threads = "" if self.threads is None else f", {self.threads} thr"
-        return f"{self.backend}, {workers} workers, {batching}{threads}"
+        named = f"{self.profile} profile: " if self.profile else ""
+        return f"{named}{self.backend}, {workers} workers, {batching}{threads}"
 
     def extra(self) -> dict[str, Any]:
         extra: dict[str, Any] = {"backend": self.backend}

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,7 +30,7 @@ from rich.table import Table
 
 from cassava.cli._common import console, fail, reports_errors, warn_untrained
 from cassava.client import Transport
-from cassava.settings import Backend, CassavaSettings
+from cassava.settings import Backend, CassavaSettings, Profile
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -119,6 +120,12 @@ def bench(
         "--fast-decode",
         help="Approximate JPEG decoding by DCT scaling (in-process or started here). Default: "
         "CASSAVA_FAST_DECODE.",
+    ),
+    profile: Profile = typer.Option(
+        None,
+        "--profile",
+        help="Start the server here with a serving profile's workers and batching (latency, "
+        "throughput); --workers and --adaptive-batch-size given as well override it.",
     ),
     workers: int = typer.Option(None, "--workers", min=0, help="Parallel workers of a server started here."),
     transport: str = typer.Option("rest", "--transport", help="rest or grpc, for a server started here."),
@@ -224,6 +231,18 @@ def bench(
             threads=threads,
             fast_decode=fast_decode,
         )
+        if profile is not None:
+            named = b.ServerConfig.for_profile(settings.backend, profile, threads)
+            config = replace(
+                named,
+                fast_decode=fast_decode,
+                workers=named.workers if workers is None else workers,
+                **(
+                    {"adaptive_batch_size": adaptive_batch_size, "adaptive_batch_time": adaptive_batch_time}
+                    if adaptive_batch_size
+                    else {}
+                ),
+            )
         served: Transport = "grpc" if transport == "grpc" else "rest"
         if len(rates) > 1:
             sweep = _Sweep(spec, data, rates, b.DEFAULT_SLO_MS if slo_ms is None else slo_ms)

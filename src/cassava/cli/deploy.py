@@ -8,6 +8,7 @@ from typing import Literal
 import typer
 
 from cassava.cli._common import console, reports_errors
+from cassava.settings import Profile
 
 app = typer.Typer(help="Kubernetes manifests for the cassava server.", no_args_is_help=True)
 
@@ -30,6 +31,12 @@ def render(
         "--autoscale",
         help="seldon-v1, seldon-v2: add a CPU autoscaler (2-10 replicas); without it the count is fixed, as "
         "in the seed (`kubectl scale sdep cassava --replicas=3`). kserve and kubernetes always autoscale.",
+    ),
+    profile: Profile = typer.Option(
+        None,
+        "--profile",
+        help="Set the serving profile (CASSAVA_PROFILE) on the model server: latency (the image's "
+        "default) or throughput. See docs/performance.md.",
     ),
     namespace: str = typer.Option(None, "--namespace", "-n", help="Namespace of every object."),
     model_uri: str = typer.Option(
@@ -58,6 +65,7 @@ def render(
         model_uri=model_uri,
         deploy_dir=deploy_dir,
         autoscale=autoscale,
+        profile=profile,
     )
     if output is None:
         typer.echo(text, nl=False)

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from cassava.cli._common import console, reports_errors, warn_untrained
-from cassava.settings import Backend, CassavaSettings
+from cassava.settings import Backend, CassavaSettings, Profile
 
 
 @reports_errors
@@ -23,8 +23,14 @@ def serve(
     http_port: int = typer.Option(8080, help="REST port."),
     grpc_port: int = typer.Option(8081, help="gRPC port."),
     metrics_port: int = typer.Option(8082, help="Prometheus metrics port."),
+    profile: Profile = typer.Option(
+        None,
+        help="latency: the fastest single request (inference in the server process, no batching); "
+        "throughput: concurrent requests merged into one model call. Default: CASSAVA_PROFILE, else "
+        "latency. See docs/performance.md.",
+    ),
     workers: int = typer.Option(
-        None, help="MLServer parallel inference workers (0 = in the server process)."
+        None, help="MLServer parallel inference workers (0 = in the server process). Default: the profile's."
     ),
     max_images: int = typer.Option(
         None, help="Most images in one request. Default: CASSAVA_MAX_IMAGES, else 64."
@@ -35,7 +41,9 @@ def serve(
     from cassava.model_store import read_info
     from cassava.server.process import ServerProcess
 
-    settings = CassavaSettings().with_flags(model_dir=model, backend=backend, max_images=max_images)
+    settings = CassavaSettings().with_flags(
+        model_dir=model, backend=backend, max_images=max_images, profile=profile
+    )
     model_dir = settings.model_directory().resolve()
     settings = settings.with_flags(model_dir=model_dir)
     # Fail here, in one line, rather than in a worker's traceback.
@@ -52,7 +60,8 @@ def serve(
         )
         shown = "localhost" if host in ("0.0.0.0", "::") else host
         console.print(
-            f"serving [bold]{model_dir}[/] ({settings.backend}) — REST http://{host}:{http_port}, "
+            f"serving [bold]{model_dir}[/] ({settings.backend}, {settings.profile} profile) — "
+            f"REST http://{host}:{http_port}, "
             f"gRPC {host}:{grpc_port}, metrics :{metrics_port}/metrics"
         )
         if settings.web_ui:

@@ -37,6 +37,8 @@ IMAGE_PLACEHOLDER = "cassava"
 #: deploy/<this>/<overlay>: the kustomize component that adds autoscaling to an overlay that has none
 #: (Seldon Core v1 and 2 scale by hand by default, as the seed does; kserve and kubernetes always scale).
 AUTOSCALE_COMPONENTS = Path("components") / "autoscale"
+#: deploy/<this>/<profile>: the component that sets CASSAVA_PROFILE on every target's model server.
+PROFILE_COMPONENTS = Path("components") / "profile"
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -194,9 +196,11 @@ def render(
     model_uri: str | None = None,
     deploy_dir: Path | None = None,
     autoscale: bool = False,
+    profile: str | None = None,
 ) -> str:
     """The YAML of `target`'s overlay with the given image, namespace and replica count; `autoscale`
-    adds the overlay's autoscaling component where it has one (kserve and kubernetes always autoscale)."""
+    adds the overlay's autoscaling component where it has one (kserve and kubernetes always autoscale);
+    `profile` the component that sets the serving profile (none: the image's, the default one)."""
     if target not in TARGETS:
         raise RenderError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     if replicas is not None and replicas < 1:
@@ -207,6 +211,9 @@ def render(
         raise RenderError("--model-uri applies to --target seldon-v2 only (the others read no model URI)")
     ref = ImageRef.parse(image)
     source = find_deploy_dir(deploy_dir)
+    if profile is not None and not (source / PROFILE_COMPONENTS / profile).is_dir():
+        known = sorted(p.name for p in (source / PROFILE_COMPONENTS).glob("*") if p.is_dir())
+        raise RenderError(f"unknown profile {profile!r}; choose one of {', '.join(known)}")
     overlay = TARGETS[target]
     with tempfile.TemporaryDirectory(prefix="cassava-render-") as tmp:
         work = Path(tmp)
@@ -217,8 +224,13 @@ def render(
             "kind": "Kustomization",
             "resources": [f"../deploy/overlays/{overlay}"],
         }
+        components = []
         if autoscale and (work / "deploy" / AUTOSCALE_COMPONENTS / overlay).is_dir():
-            kustomization["components"] = [f"../deploy/{AUTOSCALE_COMPONENTS.as_posix()}/{overlay}"]
+            components.append(f"../deploy/{AUTOSCALE_COMPONENTS.as_posix()}/{overlay}")
+        if profile is not None:
+            components.append(f"../deploy/{PROFILE_COMPONENTS.as_posix()}/{profile}")
+        if components:
+            kustomization["components"] = components
         # First without image and patches: the replica fields to patch are those of this variant.
         (work / "render" / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
         plain = load_all(kustomize(work / "render"))
@@ -237,6 +249,8 @@ def render(
     header = f"# cassava deploy render --target {target} --image {image}"
     if autoscale:
         header += " --autoscale"
+    if profile is not None:
+        header += f" --profile {profile}"
     if replicas is not None:
         header += f" --replicas {replicas}"
     if namespace:

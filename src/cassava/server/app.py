@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,7 +23,7 @@ from mlserver.types import InferenceRequest
 from cassava.contract import GRPC_MAX_MESSAGE_LENGTH
 from cassava.errors import InputError
 from cassava.server import logfilter, patches
-from cassava.server.config import RUNTIME_IMPLEMENTATION
+from cassava.server.config import PROFILES, RUNTIME_IMPLEMENTATION
 from cassava.server.protocol import InvalidRequestError, RequestBounds, check_request_bounds
 from cassava.server.rest import harden_rest_app
 from cassava.settings import CassavaSettings
@@ -288,6 +289,23 @@ def server_options(models: list[ModelSettings]) -> CassavaSettings:
         if _is_cassava(model):
             return CassavaSettings.from_extra(model.parameters.extra if model.parameters else None)
     return CassavaSettings()
+
+
+def apply_profile(settings: Settings, models: list[ModelSettings]) -> str | None:
+    """CASSAVA_PROFILE, when it is set, over the files: MLServer's parallel workers and each cassava
+    model's adaptive batching become the profile's, so one variable in a manifest switches a pod built
+    with the default folder (deploy/components/profile). Returns what it set, for the log, or None."""
+    if "CASSAVA_PROFILE" not in os.environ:
+        return None
+    name = CassavaSettings().profile
+    profile = PROFILES[name]
+    settings.parallel_workers = profile.parallel_workers
+    for model in models:
+        if _is_cassava(model):
+            # MLServer reads max_batch_size 1 (or time 0) as "no adaptive batching".
+            model.max_batch_size = profile.max_batch_size
+            model.max_batch_time = profile.max_batch_time
+    return f"profile {name} (CASSAVA_PROFILE): {profile.describe()}"
 
 
 def grace_seconds(models: list[ModelSettings]) -> float:

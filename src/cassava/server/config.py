@@ -8,16 +8,56 @@ dictionaries, with their own ports and worker count, into a run folder.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cassava.contract import GRPC_MAX_MESSAGE_LENGTH, INPUT_SPECS, MODEL_NAME, OUTPUT_SPECS
+from cassava.settings import CassavaSettings, Profile
 
-# One inference worker, adaptive batching off (no `max_batch_size`/`max_batch_time` in model-settings)
-# and the backend's own thread count (all cores). On a quiet 2-core machine 0/1/2 workers perform
-# alike; under CPU contention 0 workers fell far behind, and batching costs single-image latency
-# (docs/performance.md, "Why the defaults are what they are").
-DEFAULT_PARALLEL_WORKERS = 1
+
+@dataclass(frozen=True)
+class ServingProfile:
+    """MLServer's side of a profile: parallel inference workers and adaptive batching (requests that
+    arrive within `max_batch_time` seconds merged into one `predict`, up to `max_batch_size`)."""
+
+    parallel_workers: int
+    max_batch_size: int = 1
+    max_batch_time: float = 0.0
+
+    @property
+    def batching(self) -> bool:
+        return self.max_batch_size > 1
+
+    def server(self) -> dict[str, Any]:
+        return {"parallel_workers": self.parallel_workers}
+
+    def options(self) -> dict[str, Any]:
+        """model-settings.json's batching keys (none when the profile does not batch)."""
+        if not self.batching:
+            return {}
+        return {"max_batch_size": self.max_batch_size, "max_batch_time": self.max_batch_time}
+
+    def describe(self) -> str:
+        batching = (
+            f"adaptive batching {self.max_batch_size} requests / {self.max_batch_time * 1000:g} ms"
+            if self.batching
+            else "no batching"
+        )
+        return f"{self.parallel_workers} parallel workers, {batching}"
+
+
+# Chosen by `make bench` (docs/performance.md, "Profiles"). latency: inference in the server process
+# (a worker process adds a hop of ~3 ms per request) and no batching window for a lone request to wait
+# out. throughput: MLServer's adaptive batcher merges concurrent requests into one model call, which the
+# model runs faster per image than it runs them one by one.
+PROFILES: dict[Profile, ServingProfile] = {
+    "latency": ServingProfile(parallel_workers=0),
+    "throughput": ServingProfile(parallel_workers=0, max_batch_size=8, max_batch_time=0.01),
+}
+#: The profile of a server nobody configured: what a single replica needs (`CassavaSettings.profile`).
+DEFAULT_PROFILE: Profile = CassavaSettings.model_fields["profile"].default
+DEFAULT_PARALLEL_WORKERS = PROFILES[DEFAULT_PROFILE].parallel_workers
 
 #: model-settings.json `implementation`: the runtime's import path (kept equal to the class by a test;
 #: written as a string so that writing a model folder does not import MLServer).
@@ -28,7 +68,10 @@ def model_settings(
     extra: dict[str, Any] | None = None, options: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """model-settings.json: `extra` becomes `parameters.extra` (cassava's options), `options` are
-    MLServer's own model settings, such as adaptive batching's `max_batch_size` and `max_batch_time`."""
+    MLServer's own model settings, such as adaptive batching's `max_batch_size` and `max_batch_time`
+    (default: those of the profile `extra` names, else of the default profile)."""
+    if options is None:
+        options = profile_of(extra).options()
     settings: dict[str, Any] = {
         "name": MODEL_NAME,
         "implementation": RUNTIME_IMPLEMENTATION,
@@ -41,10 +84,22 @@ def model_settings(
     return settings
 
 
-def server_settings(**overrides: Any) -> dict[str, Any]:
+def profile_of(extra: dict[str, Any] | None) -> ServingProfile:
+    """The serving profile a model's `parameters.extra` names (CASSAVA_PROFILE does not count here: the
+    launcher applies it when the server starts)."""
+    name = (extra or {}).get("profile", DEFAULT_PROFILE)
+    if name not in PROFILES:
+        raise ValueError(f"unknown serving profile {name!r}; choose one of {', '.join(PROFILES)}")
+    return PROFILES[name]
+
+
+def server_settings(profile: Profile = DEFAULT_PROFILE, **overrides: Any) -> dict[str, Any]:
     settings: dict[str, Any] = {
         "grpc_max_message_length": GRPC_MAX_MESSAGE_LENGTH,
-        "parallel_workers": DEFAULT_PARALLEL_WORKERS,
+        **PROFILES[profile].server(),
+        # MLServer's default (debug: true) writes an access-log line per REST request and a log line per
+        # gRPC call, and puts tracebacks into 500 bodies. MLSERVER_DEBUG=true turns them back on.
+        "debug": False,
     }
     settings.update({k: v for k, v in overrides.items() if v is not None})
     return settings
@@ -60,6 +115,9 @@ def write_model_folder(
     """Write a folder that `mlserver start FOLDER` serves (`options`: see `model_settings`)."""
     folder.mkdir(parents=True, exist_ok=True)
     settings = model_settings(extra, options)
+    profile = (extra or {}).get("profile", DEFAULT_PROFILE)
     (folder / "model-settings.json").write_text(json.dumps(settings, indent=2) + "\n")
-    (folder / "settings.json").write_text(json.dumps(server_settings(**(server or {})), indent=2) + "\n")
+    (folder / "settings.json").write_text(
+        json.dumps(server_settings(profile, **(server or {})), indent=2) + "\n"
+    )
     return folder

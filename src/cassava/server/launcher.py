@@ -183,6 +183,7 @@ async def run(folder: str, *, check_only: bool = False) -> int:
     except Exception as err:
         return _fail(f"cannot read the MLServer settings in {folder}: {type(err).__name__}: {err}")
     try:
+        profile = serving.apply_profile(settings, models)
         checked = await serving.preflight(models)
         grace = serving.grace_seconds(models)
         options = serving.server_options(models)
@@ -192,6 +193,8 @@ async def run(folder: str, *, check_only: bool = False) -> int:
         return _fail(f"invalid cassava settings under {folder}: {err}")
     for line in checked:
         logger.info("preflight ok: %s", line)
+    if profile:
+        logger.info("%s", profile)
     if check_only:
         print(json.dumps({"folder": folder, "models": checked, "shutdown_grace_seconds": grace}))
         return 0

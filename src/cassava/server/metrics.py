@@ -1,10 +1,12 @@
 """cassava's own Prometheus metrics, exported next to MLServer's on the metrics port (8082).
 
-With parallel workers (MLServer's default, 1) inference runs in a worker process. MLServer sets
-PROMETHEUS_MULTIPROC_DIR to its `metrics_dir` in the server process before it spawns the workers, and a
-worker imports this module (when it loads the runtime) after that, so these module-level metrics are
-born multiprocess there and the server's /metrics sums every process's files; the server process's own
-copies stay at zero. tests/integration/test_metrics.py checks the exact counts and that a worker wrote them.
+With the default `parallel_workers: 0` inference runs in the server process, and these metrics live in
+its registry, which the metrics port serves. With parallel workers inference runs in a worker process:
+MLServer sets PROMETHEUS_MULTIPROC_DIR to its `metrics_dir` in the server process before it spawns the
+workers, and a worker imports this module (when it loads the runtime) after that, so these module-level
+metrics are born multiprocess there and the server's /metrics sums every process's files; the server
+process's own copies stay at zero. tests/integration/test_metrics.py checks the exact counts in both
+cases, and that a worker wrote them.
 
 `metrics_dir` defaults to `.metrics` in the working directory: two servers started from one directory
 share it and report each other's counts. The image sets MLSERVER_METRICS_DIR under its writable /tmp;

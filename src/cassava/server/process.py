@@ -80,7 +80,12 @@ class ServerProcess:
         if model_dir is not None:
             values["model_dir"] = str(model_dir)
         values.update(extra or {})
-        child_env = {**CassavaSettings.env_for(values), **(env or {})}
+        # The profile is written into the folder (settings.json, model-settings.json); as CASSAVA_PROFILE
+        # it would override `server` and `options` given here (`cassava.server.app.apply_profile`).
+        child_env = {
+            **CassavaSettings.env_for({k: v for k, v in values.items() if k != "profile"}),
+            **(env or {}),
+        }
         folder = write_model_folder(workdir / "model", extra=values, server=server, options=options)
         process = cls(
             folder=folder,
@@ -127,6 +132,8 @@ class ServerProcess:
                 "MLSERVER_METRICS_DIR": str(self.folder.parent / f"metrics-{self.http_port}"),
             }
         )
+        # An inherited CASSAVA_PROFILE would override the folder's workers and batching (see `for_model`).
+        env.pop("CASSAVA_PROFILE", None)
         env.update(self.env)
         return env
 
