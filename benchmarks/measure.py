@@ -279,10 +279,12 @@ def serve(
                 result.rss_mb = ProcessTree(server.process.pid).rss() / 2**20
             if report.error_count:
                 notes.append(f"{result.label} | {run.label}: errors {report.errors}")
-        if plan.sweep:
-            result.sweep = sweep_rates(server, result, images, timing)
+        # The paired rounds before the sweep: its overloaded rates leave a queue that the server works
+        # off after the generator has stopped, which would slow the next runs.
         if plan.paired:
             result.paired = paired_targets(server, config.backend, model_dir, images, rounds)
+        if plan.sweep:
+            result.sweep = sweep_rates(server, result, images, timing)
     finally:
         server.stop()
     return result

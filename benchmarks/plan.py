@@ -44,7 +44,7 @@ TARGETS = {
 #: drifts by tens of percent within a minute (shared cores). So they are measured in rounds: each round
 #: runs the in-process reference and the served runs back to back in short windows, and a target is the
 #: median over rounds of each round's own ratio (or difference), so drift between rounds cancels out.
-PAIRED_ROUNDS = 5
+PAIRED_ROUNDS = 7
 QUICK_PAIRED_ROUNDS = 2
 PAIRED_WINDOW = (0.5, 2.0)  # warm-up and measured seconds of each run in a round
 #: (transport, images per request, concurrency) of the served runs of each round; in-process runs at
