@@ -61,7 +61,7 @@ clean: ## remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
 lock: ## regenerate requirements/*.lock from pyproject.toml
-	$(BIN)/uv pip compile pyproject.toml -p 3.11 --generate-hashes -q --extra tensorflow --extra onnx --extra export --extra data --extra cli --extra bench --extra dev -o requirements/dev.lock
+	$(BIN)/uv pip compile pyproject.toml -p 3.11 --generate-hashes -q --extra tensorflow --extra onnx --extra export --extra data --extra cli --extra bench --extra compare --extra dev -o requirements/dev.lock
 	$(BIN)/uv pip compile pyproject.toml -p 3.11 --generate-hashes -q --extra tensorflow -o requirements/runtime-tensorflow.lock
 	$(BIN)/uv pip compile pyproject.toml -p 3.11 --generate-hashes -q --extra onnx -o requirements/runtime-onnx.lock
 	$(BIN)/uv pip compile pyproject.toml -p 3.11 --generate-hashes -q --extra tensorflow --extra cli --extra export -o requirements/fetch.lock

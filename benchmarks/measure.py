@@ -227,12 +227,36 @@ def run_matrix(model_source: Path, workdir: Path, quick: bool = False) -> dict[s
         rounds = QUICK_PAIRED_ROUNDS if quick else PAIRED_ROUNDS
         servers.append(serve(plan, model_dir, workdir, images, timing, notes, rounds))
     results["servers"] = [asdict(s) for s in servers]
+    if "onnx" in backends:
+        results["other_backends"] = other_backends(model_dir, workdir, quick, notes)
     results["notes"] = notes
     results["elapsed_s"] = time.monotonic() - begun
     results["targets"] = targets(results)
     results["defaults"] = defaults(results)
     results["rate_curve"] = rate_curve(results)
     return results
+
+
+def other_backends(model_dir: Path, workdir: Path, quick: bool, notes: list[str]) -> dict[str, Any] | None:
+    """ONNX Runtime INT8 and OpenVINO against ONNX Runtime FP32 (`benchmarks.others`), in a child."""
+    from benchmarks import others
+
+    lacking = others.missing()
+    if lacking:
+        notes.append(
+            f"Other CPU backends not measured: {', '.join(lacking)} not installed "
+            "(`pip install openvino onnx`; docs/backends.md)."
+        )
+        return None
+    log("other CPU backends against ONNX Runtime FP32 (benchmarks.backends)")
+    try:
+        result: dict[str, Any] = in_child(
+            others.compare, model_dir, workdir / "backends", BENCH_EXPORT_TOLERANCE, quick
+        )
+    except Exception as err:
+        notes.append(f"Other CPU backends: the comparison failed ({type(err).__name__}: {err}).")
+        return None
+    return result
 
 
 def serve(

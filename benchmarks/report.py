@@ -295,6 +295,59 @@ def _cold_start(results: dict[str, Any]) -> Lines:
     ]
 
 
+def _other_backends(results: dict[str, Any]) -> Lines:
+    other = results.get("other_backends")
+    if not other:
+        return []
+    rule = other["keep_rule"]
+    rows = []
+    for name, c in other["candidates"].items():
+        speed, agree = c["speed"], c["agreement"]
+        rows.append(
+            [
+                name,
+                fmt(speed["images_per_s"]),
+                fmt(speed["baseline_images_per_s"]),
+                f"{fmt(speed['ratio'], 2)} x",
+                f"{agree['same_class']:,}/{agree['images']:,} ({agree['fraction'] * 100:.1f}%)",
+                fmt(agree["max_prob_diff"], 3),
+                "**keep**" if c["keep"] else "drop",
+            ]
+        )
+    kept = [n for n, c in other["candidates"].items() if c["keep"]]
+    verdict = (
+        f"Kept: {', '.join(kept)}."
+        if kept
+        else "None reaches both bounds: none is kept, and the serving backends stay `tensorflow` and `onnx`."
+    )
+    flags = (
+        ", ".join(f for f, on in other["machine"].get("flags", {}).items() if on) or "none of those listed"
+    )
+    quick = (
+        " **A quick run: its agreement is on too few images to decide anything.**"
+        if other.get("quick")
+        else ""
+    )
+    return [
+        "## Other CPU backends: keep or drop",
+        "",
+        f"`{other['command']}` on this run's model (docs/backends.md has the method). Model only, batch "
+        f"{other['batch']}, medians over rounds that time each candidate and ONNX Runtime FP32 back to "
+        f"back; agreement: the same class as ONNX Runtime FP32 on varied JPEGs. A backend is kept at "
+        f">= {fmt(rule['speedup'])}x **and** >= {_pct(rule['agreement'])} agreement. CPU flags: {flags}. "
+        "The synthetic weights exaggerate sensitivity: their logits reach hundreds, so a reduced precision "
+        "flips classes that trained weights' margins would keep (median top-two probability margin here: "
+        f"{fmt(other['reference_top_margin_median'], 3)}).{quick}",
+        "",
+        _table(
+            ["candidate", "images/s", "ORT FP32 images/s", "ratio", "same class", "max prob diff", ""], rows
+        ),
+        "",
+        verdict,
+        "",
+    ]
+
+
 def _decode(results: dict[str, Any]) -> Lines:
     decode = results["decode"]
     sizes = list(decode["sizes"])
@@ -419,7 +472,7 @@ def render(results: dict[str, Any], chart: str | None) -> str:
         parts += [f"![images/s and latency of every served configuration]({chart})", ""]
     parts += _profiles(results) + _in_process(results) + _served(results)
     parts += _rate_curve(results, chart is not None)
-    parts += _cold_start(results) + _decode(results) + _defaults(results)
+    parts += _cold_start(results) + _other_backends(results) + _decode(results) + _defaults(results)
     parts += [notes(), ""]
     return "\n".join(parts)
 

@@ -398,3 +398,45 @@ def test_the_sweep_offers_fractions_of_the_servers_closed_loop_peak(monkeypatch:
     assert sweep["saturation_requests_per_s"] == 200.0  # the c8 run's, the higher of the two
     assert asked == [pytest.approx(f * 200.0) for f in SWEEP_FRACTIONS]
     assert sweep["points"] == []
+
+
+def test_the_other_backends_verdicts_are_on_the_page() -> None:
+    results = finished(fake_results())
+
+    def candidate(ratio: float, same: int, keep: bool) -> dict[str, Any]:
+        speed = {"images_per_s": 150.0 * ratio, "baseline_images_per_s": 150.0, "ratio": ratio, "rounds": 60}
+        agreement = {"images": 1000, "same_class": same, "max_prob_diff": 0.5, "fraction": same / 1000}
+        return {"speed": speed, "agreement": agreement, "keep": keep}
+
+    results["other_backends"] = {
+        "command": "python -m benchmarks.backends --model DIR",
+        "machine": {"flags": {"avx2": True, "amx_bf16": False}},
+        "batch": 16,
+        "keep_rule": {"speedup": 1.5, "agreement": 0.99},
+        "reference_top_margin_median": 1.0,
+        "candidates": {
+            "onnxruntime-int8-static": candidate(0.97, 843, False),
+            "openvino-throughput-default": candidate(1.71, 944, False),
+        },
+    }
+    page = render(results, None)
+    assert "## Other CPU backends: keep or drop" in page
+    assert (
+        "| openvino-throughput-default | 256.5 | 150.0 | 1.71 x | 944/1,000 (94.4%) | 0.500 | drop |" in page
+    )
+    assert "none is kept" in page
+    assert "CPU flags: avx2." in page
+    results["other_backends"]["candidates"]["openvino-throughput-default"] = candidate(1.71, 995, True)
+    page = render(results, None)
+    assert "Kept: openvino-throughput-default." in page
+    assert "| **keep** |" in page
+
+
+def test_the_other_backends_step_says_what_it_lacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks import measure, others
+
+    monkeypatch.setattr(others, "missing", lambda: ["openvino"])
+    notes: list[str] = []
+    assert measure.other_backends(Path("m"), Path("w"), False, notes) is None
+    (note,) = notes
+    assert note.startswith("Other CPU backends not measured: openvino not installed (`pip install openvino")
