@@ -22,7 +22,7 @@ from typing import Any
 
 from benchmarks.analysis import defaults, rate_curve, targets
 from benchmarks.decode import decode_benchmark
-from benchmarks.environment import machine, versions
+from benchmarks.environment import cpu_ticks, machine, steal_share, versions, wait_for_quiet
 from benchmarks.plan import (
     BENCH_EXPORT_TOLERANCE,
     FULL,
@@ -179,6 +179,7 @@ class ServerResult:
 
 def run_matrix(model_source: Path, workdir: Path, quick: bool = False) -> dict[str, Any]:
     begun = time.monotonic()
+    ticks = cpu_ticks()
     timing = QUICK if quick else FULL
     workdir.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
@@ -231,6 +232,7 @@ def run_matrix(model_source: Path, workdir: Path, quick: bool = False) -> dict[s
         results["other_backends"] = other_backends(model_dir, workdir, quick, notes)
     results["notes"] = notes
     results["elapsed_s"] = time.monotonic() - begun
+    results["machine"]["steal_share"] = steal_share(ticks, cpu_ticks())
     results["targets"] = targets(results)
     results["defaults"] = defaults(results)
     results["rate_curve"] = rate_curve(results)
@@ -373,7 +375,10 @@ def paired_targets(
     warmup_s, duration_s = PAIRED_WINDOW
     classifier = Classifier.load(model_dir, backend, limits=Limits(max_images=max(64, SEED_BATCH)))
     out: list[dict[str, Any]] = []
+    conditions: list[dict[str, Any]] = []
     for k in range(rounds):
+        waited = wait_for_quiet()
+        ticks = cpu_ticks()
         row: dict[str, Any] = {}
         for batch in (1, SEED_BATCH):
             report = run_in_process(
@@ -396,6 +401,7 @@ def paired_targets(
                 timeout_s=60.0,
             )
             row[f"{transport} b{batch} c{concurrency}"] = _brief(run_load(spec, images))
+        conditions.append({"waited_s": waited, "steal": steal_share(ticks, cpu_ticks())})
         log(
             f"  paired round {k + 1}/{rounds}: in-process b1 p50 {row['in-process b1']['p50_ms']:.1f} ms, "
             f"b{SEED_BATCH} {row[f'in-process b{SEED_BATCH}']['images_per_s']:.1f} images/s; "
@@ -408,7 +414,12 @@ def paired_targets(
             )
         )
         out.append(row)
-    return {"rounds": out, "window_s": list(PAIRED_WINDOW), "reference_batch": SEED_BATCH}
+    return {
+        "rounds": out,
+        "conditions": conditions,
+        "window_s": list(PAIRED_WINDOW),
+        "reference_batch": SEED_BATCH,
+    }
 
 
 def _brief(report: BenchReport) -> dict[str, Any]:

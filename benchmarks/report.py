@@ -10,6 +10,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+from benchmarks.environment import QUIET_MAX_WAIT_S, QUIET_STEAL
 from benchmarks.plan import ADAPTIVE, REGENERATE
 
 Lines = list[str]
@@ -69,7 +70,7 @@ def _machine(results: dict[str, Any]) -> Lines:
         "## Machine",
         "",
         _table(
-            ["CPU", "cores", "memory", "OS", "load average at start (1/5/15 min)"],
+            ["CPU", "cores", "memory", "OS", "load average at start (1/5/15 min)", "CPU stolen by the host"],
             [
                 [
                     m["cpu"],
@@ -77,6 +78,7 @@ def _machine(results: dict[str, Any]) -> Lines:
                     f"{m['memory_gib']} GiB",
                     m["os"],
                     " / ".join(f"{x:.2f}" for x in load) if load else "-",
+                    "-" if m.get("steal_share") is None else f"{m['steal_share'] * 100:.1f}% over the run",
                 ]
             ],
         ),
@@ -122,8 +124,11 @@ def _paired(results: dict[str, Any]) -> Lines:
     ref = paired["reference_batch"]
     names = [n for n in paired["rounds"][0] if not n.startswith("in-process")]
     rows = []
-    for k, r in enumerate(paired["rounds"], 1):
-        row = [str(k), fmt(r["in-process b1"]["p50_ms"]), fmt(r[f"in-process b{ref}"]["images_per_s"])]
+    conditions = paired.get("conditions") or [{} for _ in paired["rounds"]]
+    for k, (r, c) in enumerate(zip(paired["rounds"], conditions, strict=True), 1):
+        steal = c.get("steal")
+        row = [str(k), "-" if steal is None else f"{steal * 100:.1f}%"]
+        row += [fmt(r["in-process b1"]["p50_ms"]), fmt(r[f"in-process b{ref}"]["images_per_s"])]
         for name in names:
             v = r[name]
             row.append(f"{fmt(v['p50_ms'])} ms" if name.endswith("b1 c1") else f"{fmt(v['images_per_s'])}/s")
@@ -137,9 +142,13 @@ def _paired(results: dict[str, Any]) -> Lines:
         "each round runs the in-process pipeline (one classifier loaded in the load generator, idle "
         "while the server runs) and then the served runs back to back, each "
         f"{fmt(window)} s after {fmt(warmup)} s of warm-up; a target above is the median of the rounds' "
-        "own differences or ratios.",
+        "own differences or ratios. This is a virtual machine: the host may run other guests on its "
+        "cores, and the CPU time it takes (steal) slows every thread and process wake-up, which a "
+        "served request has several of and the in-process loop has none of. So each round first waits "
+        f"(up to {fmt(QUIET_MAX_WAIT_S, 0)} s) until under {QUIET_STEAL * 100:g}% of the CPU was stolen "
+        "over a second, and the table shows what was stolen during the round.",
         "",
-        _table(["round", "in-process b1 p50 ms", f"in-process b{ref} images/s", *names], rows),
+        _table(["round", "CPU stolen", "in-process b1 p50 ms", f"in-process b{ref} images/s", *names], rows),
         "",
     ]
 

@@ -77,6 +77,7 @@ def fake_results() -> dict[str, Any]:
             }
             for f, d in ((1.0, 1.5), (1.25, 1.8), (1.0, 2.5))
         ],
+        "conditions": [{"waited_s": 1.0, "steal": 0.01}, {"waited_s": 30.0, "steal": 0.15}, {"steal": None}],
     }
 
     def point(rate: float, p99: float) -> dict[str, Any]:
@@ -204,7 +205,8 @@ def test_matrix_targets_and_markdown_come_from_the_results() -> None:
     assert "87.5%" in page  # fast_decode agreement
     assert page.count("| yes |") >= 4
     assert "### Default settings, in paired rounds" in page
-    assert "| 2 | 7.5 | 192.0 | 9.3 ms | 8.8 ms | 182.4/s |" in page  # round 2's own figures
+    assert "| 2 | 15.0% | 7.5 | 192.0 | 9.3 ms | 8.8 ms | 182.4/s |" in page  # round 2's own figures
+    assert "| 3 | - | 6.0 |" in page
     assert "## Profiles (onnx)" in page
     assert "**latency** (default)" in page
     assert "| 300 | 500 |" in page  # idle and warmed-up RSS

@@ -485,6 +485,25 @@ def test_a_profile_is_written_into_the_model_folder(tmp_path: Path) -> None:
         write_model_folder(tmp_path / "bad", extra={"profile": "fast"})
 
 
+def test_cassava_serve_writes_its_profile_and_keeps_an_inherited_one_out(
+    tmp_path: Path, demo_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cassava serve --profile throughput` (ServerProcess.for_model with those settings) writes the
+    profile into the folder; a CASSAVA_PROFILE in the caller's environment must not reach the child,
+    where the launcher would apply it over the folder (and over a test's explicit workers)."""
+    from cassava.server.process import ServerProcess
+    from cassava.settings import CassavaSettings
+
+    monkeypatch.setenv("CASSAVA_PROFILE", "latency")
+    # As `cassava serve` builds them: the variables, then the flags on top.
+    settings = CassavaSettings().with_flags(profile="throughput")
+    server = ServerProcess.for_model(tmp_path, settings=settings, model_dir=demo_model_dir)
+    model = json.loads((server.folder / "model-settings.json").read_text())
+    assert (model["max_batch_size"], model["max_batch_time"]) == (8, 0.01)
+    assert "CASSAVA_PROFILE" not in server.child_env()
+    assert server.child_env()["CASSAVA_MODEL_DIR"] == str(demo_model_dir)
+
+
 def test_cassava_profile_overrides_the_folders_workers_and_batching(
     tmp_path: Path, demo_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
