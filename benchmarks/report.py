@@ -145,8 +145,9 @@ def _paired(results: dict[str, Any]) -> Lines:
         "own differences or ratios. This is a virtual machine: the host may run other guests on its "
         "cores, and the CPU time it takes (steal) slows every thread and process wake-up, which a "
         "served request has several of and the in-process loop has none of. So each round first waits "
-        f"(up to {fmt(QUIET_MAX_WAIT_S, 0)} s) until under {QUIET_STEAL * 100:g}% of the CPU was stolen "
-        "over a second, and the table shows what was stolen during the round.",
+        f"(up to {fmt(QUIET_MAX_WAIT_S, 0)} s) until the host steals under {QUIET_STEAL * 100:g}% of "
+        "the CPU while both cores are busy (a one-second probe), and the table shows what was stolen "
+        "during the round itself.",
         "",
         _table(["round", "CPU stolen", "in-process b1 p50 ms", f"in-process b{ref} images/s", *names], rows),
         "",

@@ -294,6 +294,7 @@ def test_paired_rounds_alternate_the_reference_and_the_served_runs(monkeypatch: 
     monkeypatch.setattr(cassava.pipeline, "Classifier", Classifier)
     monkeypatch.setattr(measure, "run_in_process", fake_in_process)
     monkeypatch.setattr(measure, "run_load", fake_load)
+    monkeypatch.setattr(measure, "wait_for_quiet", lambda: 1.5)
     paired = measure.paired_targets(Server(), "onnx", Path("m"), [b"x"], rounds=2)  # type: ignore[arg-type]
     one_round = ["in-process b1", f"in-process b{SEED_BATCH}"]
     one_round += [f"{'grpc' if t == 'grpc' else 'http'} b{b} c{c}" for t, b, c in PAIRED_RUNS]
@@ -301,6 +302,7 @@ def test_paired_rounds_alternate_the_reference_and_the_served_runs(monkeypatch: 
     assert len(paired["rounds"]) == 2
     assert paired["rounds"][1]["rest b1 c1"]["p50_ms"] == pytest.approx(12.0)
     assert paired["rounds"][1]["in-process b16"]["p50_ms"] == pytest.approx(10.0)
+    assert [c["waited_s"] for c in paired["conditions"]] == [1.5, 1.5]
 
 
 def fake_report(ips: float, p50_ms: float) -> BenchReport:
@@ -442,3 +444,31 @@ def test_the_other_backends_step_says_what_it_lacks(monkeypatch: pytest.MonkeyPa
     assert measure.other_backends(Path("m"), Path("w"), False, notes) is None
     (note,) = notes
     assert note.startswith("Other CPU backends not measured: openvino not installed (`pip install openvino")
+
+
+def test_a_round_waits_until_the_host_stops_stealing_and_no_longer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fake clock and a scripted probe: no sleeping, no probing of the real host."""
+    from benchmarks import environment
+
+    clock = [0.0]
+    monkeypatch.setattr(environment.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(environment.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+    shares = iter([0.25, 0.10, 0.01, 0.5])
+    monkeypatch.setattr(environment, "steal_under_load", lambda: next(shares))
+    assert environment.wait_for_quiet() == 2 * environment.PROBE_PAUSE_S  # quiet at the third probe
+    clock[0] = 0.0
+    monkeypatch.setattr(environment, "steal_under_load", lambda: 0.5)
+    waited = environment.wait_for_quiet(max_wait_s=7.0)
+    assert waited <= 7.0  # gave up, and the round records the steal it then gets
+    assert waited > 7.0 - environment.PROBE_PAUSE_S
+    monkeypatch.setattr(environment, "steal_under_load", lambda: None)  # no steal accounting here
+    clock[0] = 0.0
+    assert environment.wait_for_quiet() == 0.0
+
+
+def test_steal_is_the_stolen_share_of_the_time_between_two_readings() -> None:
+    from benchmarks.environment import steal_share
+
+    assert steal_share((10.0, 100.0), (12.0, 120.0)) == pytest.approx(0.1)
+    assert steal_share(None, (1.0, 2.0)) is None
+    assert steal_share((1.0, 2.0), (1.0, 2.0)) is None
