@@ -350,7 +350,8 @@ def _other_backends(results: dict[str, Any]) -> Lines:
         f"{fmt(other['reference_top_margin_median'], 3)}).{quick}",
         "",
         _table(
-            ["candidate", "images/s", "ORT FP32 images/s", "ratio", "same class", "max prob diff", ""], rows
+            ["candidate", "images/s", "ORT FP32 images/s", "ratio", "same class", "max prob diff", "verdict"],
+            rows,
         ),
         "",
         verdict,
