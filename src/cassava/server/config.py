@@ -47,10 +47,10 @@ class ServingProfile:
         return f"{self.parallel_workers} parallel workers, {batching}"
 
 
-# Chosen by `make bench` (docs/performance.md, "Profiles"). latency: inference in the server process
-# (a worker process adds a hop of ~3 ms per request) and no batching window for a lone request to wait
-# out. throughput: MLServer's adaptive batcher merges concurrent requests into one model call, which the
-# model runs faster per image than it runs them one by one.
+# The measurements behind them: docs/performance.md, "Why the defaults are what they are". latency:
+# inference in the server process (a worker process added up to 3 ms to one image's round trip) and no
+# batching window for a lone request to wait out. throughput: MLServer's adaptive batcher merges
+# requests that arrive together into one model call (more images/s at 32 clients over REST).
 PROFILES: dict[Profile, ServingProfile] = {
     "latency": ServingProfile(parallel_workers=0),
     "throughput": ServingProfile(parallel_workers=0, max_batch_size=8, max_batch_time=0.01),
