@@ -154,6 +154,22 @@ def _paired(results: dict[str, Any]) -> Lines:
     ]
 
 
+#: The profiles table's measured columns: (title, run label, field: images_per_s or a latency percentile).
+_PROFILE_COLUMNS = (
+    ("REST c1 p50 ms", "rest bytes b1 c1", "p50"),
+    ("gRPC c1 p50 ms", "grpc bytes b1 c1", "p50"),
+    ("REST c8 images/s", "rest bytes b1 c8", "images_per_s"),
+    ("gRPC c8 images/s", "grpc bytes b1 c8", "images_per_s"),
+    ("REST c32 images/s", "rest bytes b1 c32", "images_per_s"),
+    ("gRPC c32 images/s", "grpc bytes b1 c32", "images_per_s"),
+    ("REST c32 p99 ms", "rest bytes b1 c32", "p99"),
+)
+
+
+def _field(run: dict[str, Any], field: str) -> float:
+    return float(run["images_per_s"] if field == "images_per_s" else run["latency_ms"][field])
+
+
 def _profiles(results: dict[str, Any]) -> Lines:
     """The profiles side by side: what each gives a lone client and a crowd."""
     from cassava.server.config import DEFAULT_PROFILE, PROFILES
@@ -165,34 +181,11 @@ def _profiles(results: dict[str, Any]) -> Lines:
         if config["backend"] != best:
             continue
         runs = {r["label"].split(" | ")[-1]: r for r in server["runs"]}
-
-        def p50(label: str, _runs: dict[str, Any] = runs) -> str:
-            return fmt(_runs[label]["latency_ms"]["p50"]) if label in _runs else "-"
-
-        def ips(label: str, _runs: dict[str, Any] = runs) -> str:
-            return fmt(_runs[label]["images_per_s"]) if label in _runs else "-"
-
-        def p99(label: str, _runs: dict[str, Any] = runs) -> str:
-            return fmt(_runs[label]["latency_ms"]["p99"]) if label in _runs else "-"
-
         name = config.get("profile") or ""
         shown = f"**{name}**{' (default)' if name == DEFAULT_PROFILE else ''}" if name else "-"
-        rows.append(
-            [
-                shown,
-                server["label"].split(": ", 1)[-1],
-                p50("rest bytes b1 c1"),
-                p50("grpc bytes b1 c1"),
-                ips("rest bytes b1 c8"),
-                ips("grpc bytes b1 c8"),
-                ips("rest bytes b1 c32"),
-                ips("grpc bytes b1 c32"),
-                p99("rest bytes b1 c32"),
-                fmt(server["rss_mb"], 0),
-            ]
-        )
-    header = ["profile", "settings", "REST c1 p50 ms", "gRPC c1 p50 ms", "REST c8 images/s"]
-    header += ["gRPC c8 images/s", "REST c32 images/s", "gRPC c32 images/s", "REST c32 p99 ms", "RSS MiB"]
+        cells = [fmt(_field(runs[run], field)) if run in runs else "-" for _, run, field in _PROFILE_COLUMNS]
+        rows.append([shown, server["label"].split(": ", 1)[-1], *cells, fmt(server["rss_mb"], 0)])
+    header = ["profile", "settings", *(title for title, _, _ in _PROFILE_COLUMNS), "RSS MiB"]
     described = "; ".join(f"`{n}`: {p.describe()}" for n, p in PROFILES.items())
     return [
         f"## Profiles ({best})",

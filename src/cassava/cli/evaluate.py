@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 import numpy as np
 import typer
@@ -34,7 +34,7 @@ from cassava.settings import Backend, CassavaSettings
 if TYPE_CHECKING:
     from cassava.evaluate import Evaluation
 
-BACKENDS = ("tensorflow", "onnx")
+BACKENDS = get_args(Backend)
 
 
 @dataclass

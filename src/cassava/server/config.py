@@ -84,13 +84,17 @@ def model_settings(
     return settings
 
 
-def profile_of(extra: dict[str, Any] | None) -> ServingProfile:
+def profile_name(extra: dict[str, Any] | None) -> Profile:
     """The serving profile a model's `parameters.extra` names (CASSAVA_PROFILE does not count here: the
     launcher applies it when the server starts)."""
     name = (extra or {}).get("profile", DEFAULT_PROFILE)
     if name not in PROFILES:
         raise ValueError(f"unknown serving profile {name!r}; choose one of {', '.join(PROFILES)}")
-    return PROFILES[name]
+    return name  # type: ignore[no-any-return]
+
+
+def profile_of(extra: dict[str, Any] | None) -> ServingProfile:
+    return PROFILES[profile_name(extra)]
 
 
 def server_settings(profile: Profile = DEFAULT_PROFILE, **overrides: Any) -> dict[str, Any]:
@@ -115,9 +119,8 @@ def write_model_folder(
     """Write a folder that `mlserver start FOLDER` serves (`options`: see `model_settings`)."""
     folder.mkdir(parents=True, exist_ok=True)
     settings = model_settings(extra, options)
-    profile = (extra or {}).get("profile", DEFAULT_PROFILE)
     (folder / "model-settings.json").write_text(json.dumps(settings, indent=2) + "\n")
     (folder / "settings.json").write_text(
-        json.dumps(server_settings(profile, **(server or {})), indent=2) + "\n"
+        json.dumps(server_settings(profile_name(extra), **(server or {})), indent=2) + "\n"
     )
     return folder
