@@ -554,3 +554,47 @@ def test_a_sweep_goes_on_past_the_objective_and_stops_beyond_twice_it() -> None:
     assert not bench.past_the_knee(open_loop_report(0.200), slo_ms=250.0)
     assert not bench.past_the_knee(open_loop_report(0.400), slo_ms=250.0)  # over, but under twice
     assert bench.past_the_knee(open_loop_report(0.600), slo_ms=250.0)
+
+
+def test_a_server_started_here_takes_the_profile_then_the_explicit_options() -> None:
+    from cassava.bench import ServerConfig
+    from cassava.server.config import PROFILES
+
+    plain = ServerConfig.from_options("onnx")
+    assert (plain.workers, plain.adaptive_batch_size, plain.profile) == (None, 0, "")
+    batched = ServerConfig.from_options("onnx", profile="throughput")
+    expected = PROFILES["throughput"]
+    assert (batched.workers, batched.adaptive_batch_size, batched.adaptive_batch_time) == (
+        expected.parallel_workers,
+        expected.max_batch_size,
+        expected.max_batch_time,
+    )
+    assert batched.label.startswith("throughput profile: onnx")
+    over = ServerConfig.from_options(
+        "onnx", profile="throughput", workers=2, adaptive_batch_size=4, adaptive_batch_time=0.02
+    )
+    assert (over.workers, over.adaptive_batch_size, over.adaptive_batch_time) == (2, 4, 0.02)
+    assert ServerConfig.from_options("onnx", profile="latency", fast_decode=True).fast_decode
+
+
+def test_a_round_counts_images_per_second_from_the_mean_latency_one_request_at_a_time() -> None:
+    """16 images every 120 ms is 133 images/s, though a 2 s window counts whole requests only."""
+    from benchmarks.measure import _brief
+
+    from cassava.bench import Record, build_report
+
+    records = [Record(i * 0.12, 0.12, 16, None) for i in range(17)]
+    report = build_report(
+        records,
+        label="b16",
+        mode="rest",
+        target="x",
+        encoding="bytes",
+        batch=16,
+        concurrency=1,
+        warmup_s=0.0,
+        duration_s=2.0,
+    )
+    brief = _brief(report)
+    assert brief["images_per_s"] == pytest.approx(16 / 0.12)
+    assert brief["counted_images_per_s"] == report.images_per_s

@@ -4,7 +4,7 @@ start measured from process start to ready."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +42,31 @@ class ServerConfig:
             adaptive_batch_time=chosen.max_batch_time if chosen.batching else 0.0,
             threads=threads,
             profile=profile,
+        )
+
+    @classmethod
+    def from_options(
+        cls,
+        backend: Backend,
+        *,
+        profile: Profile | None = None,
+        workers: int | None = None,
+        adaptive_batch_size: int = 0,
+        adaptive_batch_time: float = 0.0,
+        threads: int | None = None,
+        fast_decode: bool = False,
+    ) -> ServerConfig:
+        """What `cassava bench` starts: the profile's workers and batching (the project's defaults
+        without one), with the workers and adaptive batching given explicitly on top."""
+        base = (
+            cls.for_profile(backend, profile, threads) if profile else cls(backend=backend, threads=threads)
+        )
+        return replace(
+            base,
+            fast_decode=fast_decode,
+            workers=base.workers if workers is None else workers,
+            adaptive_batch_size=adaptive_batch_size or base.adaptive_batch_size,
+            adaptive_batch_time=adaptive_batch_time if adaptive_batch_size else base.adaptive_batch_time,
         )
 
     @property

@@ -223,26 +223,15 @@ def bench(
             arrivals="poisson" if arrivals == "poisson" else "constant",
             max_in_flight=max_in_flight,
         )
-        config = b.ServerConfig(
-            backend=settings.backend,
+        config = b.ServerConfig.from_options(
+            settings.backend,
+            profile=profile,
             workers=workers,
             adaptive_batch_size=adaptive_batch_size,
             adaptive_batch_time=adaptive_batch_time,
             threads=threads,
             fast_decode=fast_decode,
         )
-        if profile is not None:
-            named = b.ServerConfig.for_profile(settings.backend, profile, threads)
-            config = replace(
-                named,
-                fast_decode=fast_decode,
-                workers=named.workers if workers is None else workers,
-                **(
-                    {"adaptive_batch_size": adaptive_batch_size, "adaptive_batch_time": adaptive_batch_time}
-                    if adaptive_batch_size
-                    else {}
-                ),
-            )
         served: Transport = "grpc" if transport == "grpc" else "rest"
         if len(rates) > 1:
             sweep = _Sweep(spec, data, rates, b.DEFAULT_SLO_MS if slo_ms is None else slo_ms)
@@ -316,7 +305,6 @@ class _One:
         self.report: BenchReport | None = None
 
     def __call__(self, target: str, server_pid: int | None) -> list[BenchReport]:
-        from dataclasses import replace
 
         self.report = _served(replace(self.spec, target=target), self.data, server_pid)
         return [self.report]
@@ -331,7 +319,6 @@ class _Sweep:
         self.reports: list[BenchReport] = []
 
     def __call__(self, target: str, server_pid: int | None) -> list[BenchReport]:
-        from dataclasses import replace
 
         from cassava import bench as b
 
