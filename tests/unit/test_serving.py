@@ -609,3 +609,34 @@ def test_grpc_parameters_are_counted_on_the_wire_before_parsing() -> None:
     for i in range(200_000):
         huge.parameters[f"k{i}"].int64_param = i
     assert count_parameters(huge.SerializeToString(), 64) == "the request's"
+
+
+def test_a_server_part_does_not_start_once_the_shutdown_has_begun() -> None:
+    """A model that fails to load before the REST and gRPC start tasks have run (inference in the server
+    process) must not leave a gRPC server that starts after its stop and serves for ever: grpc.aio
+    (grpcio as locked in requirements/) lets a stopped server start, then waits on it for ever. The
+    shutdown itself runs in tests/integration/test_faults.py
+    (`test_a_model_that_fails_to_load_exits_1_and_is_never_ready`), where this raced."""
+    from cassava.server import patches
+
+    started: list[str] = []
+
+    class Part:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        async def start(self) -> str:
+            started.append(self.name)
+            return self.name
+
+    class Server:
+        _rest_server = Part("rest")
+        _grpc_server = Part("grpc")
+
+    stopping = [False]
+    server = Server()
+    patches.no_start_once_stopping(server, lambda: stopping[0])
+    assert asyncio.run(server._rest_server.start()) == "rest"
+    stopping[0] = True
+    assert asyncio.run(server._grpc_server.start()) is None
+    assert started == ["rest"]

@@ -163,6 +163,7 @@ class CassavaMLServer(MLServer):  # type: ignore[misc]
             self.options,
             closing=self.lame_duck,
         )
+        patches.no_start_once_stopping(self, lambda: self._shutdown is not None)
         patches.tune_rest_server(
             self,
             max_connections=self.options.max_connections,
@@ -230,17 +231,18 @@ class CassavaMLServer(MLServer):  # type: ignore[misc]
             # Refuse new connections first. uvicorn's own shutdown then closes every connection that has
             # not yet delivered its request headers (no request cycle): a client that connected just
             # before SIGTERM would see "disconnected without a response". Let those arrive (briefly).
-            for listener in server.servers:
+            for listener in patches.listeners(server):
                 listener.close()
             settle = time.monotonic() + min(SETTLE_SECONDS, self.grace_seconds)
             while time.monotonic() < settle and patches.connections_without_request(server):
                 await asyncio.sleep(0.02)
-        await self._rest_server.stop(sig)  # uvicorn: close idle connections, wait for the others
+        # uvicorn: close idle connections, wait for the others. Not started yet: it exits after startup.
+        await self._rest_server.stop(sig)
         if server is None:
             return
         deadline = time.monotonic() + self.grace_seconds
         while time.monotonic() < deadline and (
-            any(s.is_serving() for s in server.servers)
+            any(s.is_serving() for s in patches.listeners(server))
             or patches.open_connections(server)
             or patches.running_requests(server)
         ):

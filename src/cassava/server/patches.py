@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import os
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from importlib import metadata
 from typing import Any
 
@@ -482,6 +482,31 @@ def leave_signals_to_mlserver() -> None:
 def uvicorn_server(server: Any) -> Any | None:
     """The running `uvicorn.Server` behind MLServer's REST server, once started."""
     return getattr(server._rest_server, "_server", None)
+
+
+def no_start_once_stopping(server: Any, stopping: Callable[[], bool]) -> None:
+    """Make MLServer's REST and gRPC `start()` return at once when the shutdown has already begun.
+
+    mlserver/server.py `MLServer.start` (1.7.1) creates the servers' start tasks, then loads the models;
+    when a load fails it calls `stop()` and awaits those tasks. With inference in the server process a
+    load can fail before a task has run: a gRPC server stopped before it started then starts anyway and
+    serves for ever (grpc.aio allows start after stop), so the process never exits."""
+    for name in ("_rest_server", "_grpc_server"):
+        part = getattr(server, name)
+        start = part.start
+
+        async def start_unless_stopping(start: Callable[[], Awaitable[Any]] = start) -> Any:
+            if stopping():
+                return None
+            return await start()
+
+        part.start = start_unless_stopping
+
+
+def listeners(uvicorn: Any) -> list[Any]:
+    """The sockets uvicorn listens on: none until its startup has bound them. With inference in the
+    server process a model can fail to load (and the shutdown begin) before that."""
+    return list(getattr(uvicorn, "servers", ()))
 
 
 def grpc_aio_server(server: Any) -> Any | None:
