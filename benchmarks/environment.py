@@ -11,7 +11,16 @@ from pathlib import Path
 from typing import Any
 
 #: Distributions whose versions the page shows.
-VERSIONED = ("tensorflow", "onnxruntime", "mlserver", "numpy", "pillow", "simplejpeg", "tritonclient")
+VERSIONED = (
+    "tensorflow",
+    "onnxruntime",
+    "mlserver",
+    "numpy",
+    "pillow",
+    "simplejpeg",
+    "pybase64",
+    "tritonclient",
+)
 
 
 def machine() -> dict[str, Any]:

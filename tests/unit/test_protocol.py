@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mlserver.types import InferenceRequest, RequestInput
 from PIL import Image
 
@@ -139,6 +141,31 @@ def test_malformed_requests_are_refused(
 ) -> None:
     with pytest.raises(error, match=match):
         decode_request(rest(*inputs))
+
+
+@given(st.binary(min_size=1, max_size=300), st.sampled_from(["", "\n", " "]))
+@settings(max_examples=200, deadline=None)
+def test_base64_images_decode_to_exactly_their_bytes(data: bytes, wrap: str) -> None:
+    """The SIMD decoder gives the file's bytes, whatever they are and however the text is wrapped
+    (MIME-style line breaks are accepted)."""
+    text = base64.b64encode(data).decode()
+    text = wrap.join(text[i : i + 76] for i in range(0, len(text), 76))
+    assert decode_request(rest(images_input([text]))).images == [data]
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("YQ=", "Incorrect padding"),
+        ("YQ==YQ==", "Excess data after padding"),
+        ("ab!d", "Only base64 data is allowed"),
+        ("YQ==\u00e9", "Excess data after padding"),
+    ],
+)
+def test_invalid_base64_is_refused_with_the_reason(text: str, reason: str) -> None:
+    """The fast decoder only says "Non-base64 digit found"; the error names what is wrong."""
+    with pytest.raises(ImageDecodeError, match=f"not valid base64 text.*{reason}"):
+        decode_request(rest(images_input([text])))
 
 
 def test_the_batch_limit_is_checked_before_anything_is_decoded() -> None:
