@@ -1,13 +1,15 @@
 """The REST side of cassava's server: MLServer's FastAPI app with bounded, strictly checked requests.
 
 ASGI middleware (`ConnectionGuard`, `RequestBodyLimit`), exception handlers that answer the protocol's
-`{"error": ...}` without echoing input, and the stream and infer routes replaced by checked ones;
+`{"error": ...}` without echoing input, and the stream and infer routes replaced by checked ones (the
+infer route without FastAPI's per-request machinery);
 `harden_rest_app` applies them all before the server starts. Why each exists: docs/reliability.md.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
@@ -16,14 +18,18 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from mlserver.errors import MLServerError
 from mlserver.rest.app import APIRoute
+from mlserver.rest.requests import Request as MLServerRequest
+from mlserver.rest.responses import Response as MLServerResponse
 from mlserver.rest.responses import ServerSentEvent
 from mlserver.types import InferenceRequest
 from mlserver.utils import insert_headers
+from pydantic import ValidationError
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
 
 from cassava.errors import InputError
 from cassava.server.protocol import InvalidRequestError, check_raw_json
@@ -320,24 +326,67 @@ def _stream_endpoint(data_plane: Any) -> Callable[..., Awaitable[StreamingRespon
     return infer_stream
 
 
-def _strict_infer_endpoint(infer: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    """MLServer's REST `infer`, after the strict checks of the raw JSON (FastAPI has parsed it already,
-    and MLServer's Request caches it, so this costs no second parse)."""
+def _lean_infer_endpoint(infer: Callable[..., Awaitable[Any]]) -> Callable[[Request], Awaitable[Response]]:
+    """MLServer's REST `infer` (`Endpoints.infer`, also behind `/generate`) without FastAPI's per-request
+    machinery, after the strict checks of the raw JSON.
 
-    async def strict_infer(
-        raw_request: Request,
-        raw_response: Response,
-        payload: InferenceRequest,
-        model_name: str,
-        model_version: str | None = None,
-    ) -> Any:
+    FastAPI solved the endpoint's parameters by inspecting their annotations again on every request and
+    re-validated the response it had just been handed: 0.2-0.4 ms of the ~1 ms the app spends on a
+    request (benchmarks/performance_notes.md). The steps are FastAPI 0.115's (fastapi/routing.py
+    `get_request_handler`, fastapi/dependencies/utils.py `request_body_to_args`), in its order and with
+    its errors: the body as JSON when the Content-Type says JSON (MLServer's Request: orjson), else as
+    bytes; the V2 request model, errors located under "body"; then the strict checks; MLServer's
+    endpoint with a sub-response for the headers it sets; the answer dumped as MLServer's route dumps
+    it (by alias, unset and None fields left out) and rendered by MLServer's Response (orjson).
+    tests/server/test_lean_infer.py compares both routes request for request."""
+
+    async def lean_infer(request: Request) -> Response:
+        request = MLServerRequest(request.scope, request.receive)
+        body = await request.body()
+        raw: Any = None
+        if body:
+            raw = await _json_body(request) if _declares_json(request.headers.get("content-type")) else body
+        if raw is None:
+            raise RequestValidationError(
+                [{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}]
+            )
         try:
-            check_raw_json(await raw_request.json())
+            # As FastAPI's body field validates (from_attributes: its error messages say so).
+            payload = InferenceRequest.model_validate(raw, from_attributes=True)
+        except ValidationError as err:
+            located = [{**error, "loc": ("body", *error["loc"])} for error in err.errors()]
+            raise RequestValidationError(located, body=raw) from None
+        try:
+            check_raw_json(raw)
         except InputError as err:
             raise InvalidRequestError(str(err)) from None
-        return await infer(raw_request, raw_response, payload, model_name, model_version)
+        headers = Response()
+        del headers.headers["content-length"]
+        name, version = request.path_params["model_name"], request.path_params.get("model_version")
+        answer = await infer(request, headers, payload, name, version)
+        response: Response = MLServerResponse(
+            answer.model_dump(mode="json", by_alias=True, exclude_unset=True, exclude_none=True)
+        )
+        response.headers.raw.extend(headers.headers.raw)
+        return response
 
-    return strict_infer
+    return lean_infer
+
+
+def _declares_json(content_type: str | None) -> bool:
+    """FastAPI's test: no Content-Type at all, or application/json or application/*+json."""
+    if not content_type:
+        return True
+    kind = content_type.split(";", 1)[0].strip().lower()
+    return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
+
+
+async def _json_body(request: MLServerRequest) -> Any:
+    try:
+        return await request.json()
+    except json.JSONDecodeError as err:  # orjson's error is one
+        error = {"type": "json_invalid", "loc": ("body", err.pos), "msg": "JSON decode error", "input": {}}
+        raise RequestValidationError([{**error, "ctx": {"error": err.msg}}], body=err.doc) from None
 
 
 #: MLServer's HTML documentation pages: Swagger UI from a CDN (mlserver/rest/openapi.py)
@@ -390,8 +439,8 @@ def harden_rest_app(
         if isinstance(route, APIRoute) and path.endswith("_stream"):
             route = APIRoute(path, _stream_endpoint(data_plane), methods=sorted(route.methods or {"POST"}))
         elif isinstance(route, APIRoute) and path.endswith(("/infer", "/generate")):
-            route = APIRoute(
-                path, _strict_infer_endpoint(route.endpoint), methods=sorted(route.methods or {"POST"})
+            route = Route(
+                path, _lean_infer_endpoint(route.endpoint), methods=sorted(route.methods or {"POST"})
             )
         routes.append(route)
     app.router.routes[:] = routes
