@@ -381,3 +381,18 @@ def test_the_infer_route_answers_as_mlservers_own_route(
     assert ours.status_code == (404 if model == "nope" and validated else _STATUS[case]), ours.text
     assert (ours.status_code, ours.content) == (theirs.status_code, theirs.content)
     assert ours.headers.multi_items() == theirs.headers.multi_items()
+
+
+def test_the_infer_route_refuses_other_methods_as_mlservers_route(served: Served, native_route: str) -> None:
+    for method in ("GET", "PUT", "DELETE"):
+        ours = served.call(method, "/v2/models/cassava/infer")
+        theirs = served.call(method, f"{native_route}/cassava/infer")
+        assert (
+            (ours.status_code, ours.content)
+            == (theirs.status_code, theirs.content)
+            == (
+                405,
+                b'{"error":"Method Not Allowed"}',
+            )
+        )
+        assert ours.headers["allow"] == theirs.headers["allow"] == "POST"
