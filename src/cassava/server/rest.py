@@ -49,7 +49,7 @@ class RequestBodyLimit:
     """ASGI middleware: at most `max_bytes` of request body, counted before parsing and after gzip;
     the whole body within `timeout` seconds (else 408: uvicorn has no body read timeout, and 16
     connections each holding a 60 MiB body one byte short kept 992 MB resident); and a JSON body with at
-    most `max_json_keys` keys, counted before FastAPI parses it (a 57 MB `parameters` object with 4.5
+    most `max_json_keys` keys, counted before the JSON is parsed (a 57 MB `parameters` object with 4.5
     million keys blocked the event loop for 19 s in the parser and pydantic)."""
 
     def __init__(
