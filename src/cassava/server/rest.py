@@ -338,7 +338,7 @@ def _lean_infer_endpoint(infer: Callable[..., Awaitable[Any]]) -> Callable[[Requ
     bytes; the V2 request model, errors located under "body"; then the strict checks; MLServer's
     endpoint with a sub-response for the headers it sets; the answer dumped as MLServer's route dumps
     it (by alias, unset and None fields left out) and rendered by MLServer's Response (orjson).
-    tests/server/test_lean_infer.py compares both routes request for request."""
+    tests/server/test_hostile_app.py compares both routes request for request."""
 
     async def lean_infer(request: Request) -> Response:
         request = MLServerRequest(request.scope, request.receive)
