@@ -39,14 +39,14 @@ from cassava.bench import (
 from cassava.errors import DatasetError
 
 
-def report_of(records: list[Record], duration: float = 10.0, **kwargs: Any) -> BenchReport:
+def report_of(records: list[Record], duration: float = 10.0, batch: int = 1, **kwargs: Any) -> BenchReport:
     return build_report(
         records,
         label="t",
         mode="rest",
         target="http://x",
         encoding="bytes",
-        batch=1,
+        batch=batch,
         concurrency=1,
         warmup_s=1.0,
         duration_s=duration,
@@ -581,20 +581,8 @@ def test_a_round_counts_images_per_second_from_the_mean_latency_one_request_at_a
     """16 images every 120 ms is 133 images/s, though a 2 s window counts whole requests only."""
     from benchmarks.measure import _brief
 
-    from cassava.bench import Record, build_report
-
     records = [Record(i * 0.12, 0.12, 16, None) for i in range(17)]
-    report = build_report(
-        records,
-        label="b16",
-        mode="rest",
-        target="x",
-        encoding="bytes",
-        batch=16,
-        concurrency=1,
-        warmup_s=0.0,
-        duration_s=2.0,
-    )
+    report = report_of(records, duration=2.0, batch=16)
     brief = _brief(report)
     assert brief["images_per_s"] == pytest.approx(16 / 0.12)
     assert brief["counted_images_per_s"] == report.images_per_s
