@@ -349,8 +349,10 @@ def test_after_sigterm_a_lame_duck_answers_closes_keep_alive_then_stops(
     during = [o for o in outcomes if signalled + 0.2 < o[0] < signalled + lame - 0.3]
     failed = [(round(o[0] - signalled, 2), o[1]) for o in outcomes if o[1] not in ("200", "refused")]
     # When a listening socket closes, the kernel resets connections still in its accept queue: a client
-    # that keeps opening connections to a pod that already reports not-ready can see that (safe to retry:
-    # nothing was read). In a cluster the endpoint is gone by then; here the clients never stop.
+    # that keeps opening connections to a pod that already reports not-ready can see that (nothing was
+    # read). In a cluster the endpoint is gone by then; here the clients never stop. Each client has at
+    # most one connection in that queue (its next attempt is refused), so as many as 8 can be reset: 4
+    # were on a clean-clone CI run. What matters is that they are resets, not errors or timeouts.
     at_close = [f for f in failed if lame - 0.3 <= f[0] <= lame + 1.0]
     rs.record_figures(
         "lame_duck",
@@ -366,7 +368,7 @@ def test_after_sigterm_a_lame_duck_answers_closes_keep_alive_then_stops(
     assert during, "no request was sent during the lame-duck period"
     assert all(o[1] == "200" and o[2] for o in during), during
     assert failed == at_close, failed  # none at SIGTERM (the finding), none while draining
-    assert len(at_close) <= 2, failed
+    assert all(kind in ("ReadError", "WriteError", "RemoteProtocolError") for _, kind in at_close), failed
     assert code == 0
     assert lame <= exited - signalled < 15
 
