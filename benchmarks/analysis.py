@@ -130,7 +130,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 def paired_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     """The default-settings targets from the paired rounds (`benchmarks.plan.PAIRED_ROUNDS`): each the
-    median over rounds of the round's own difference or ratio; the detail lists every round's."""
+    median over rounds of the round's own difference or ratio, a served run against the in-process runs
+    around it; the detail lists every round's."""
     server = next((s for s in results["servers"] if s.get("paired")), None)
     if server is None:
         return []
@@ -154,6 +155,15 @@ def paired_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         )
 
     inproc1, inproc_ref = "in-process b1", f"in-process b{ref}"
+
+    def reference(r: dict[str, Any], served: str, key: str, field: str) -> float:
+        """The in-process figure `served` is compared with: the mean of the runs around it."""
+        runs = r[key]
+        if isinstance(runs, dict):  # a round recorded with one in-process run before all served runs
+            return float(runs[field])
+        before, after = r[served]["between"]
+        return float(runs[before][field] + runs[after][field]) / 2
+
     # (what, the served run, the target's key): c1 is a difference of p50s, the others ratios of images/s.
     measures = (
         ("one image at concurrency 1, served p50 minus in-process p50", "b1 c1", "c1_overhead_ms"),
@@ -165,9 +175,9 @@ def paired_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         for transport in ("rest", "grpc"):
             served = f"{transport} {run}"
             values = [
-                r[served]["p50_ms"] - r[inproc1]["p50_ms"]
+                r[served]["p50_ms"] - reference(r, served, inproc1, "p50_ms")
                 if latency
-                else r[served]["images_per_s"] / r[inproc_ref]["images_per_s"]
+                else r[served]["images_per_s"] / reference(r, served, inproc_ref, "images_per_s")
                 for r in rounds
             ]
             add(

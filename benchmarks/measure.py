@@ -363,12 +363,13 @@ def sweep_rates(
 def paired_targets(
     server: StartedServer, backend: Backend, model_dir: Path, images: list[bytes], rounds: int
 ) -> dict[str, Any]:
-    """The default-settings targets in `rounds` rounds (see `PAIRED_ROUNDS`): in each, the in-process
-    pipeline at batch 1 and `SEED_BATCH`, then every `PAIRED_RUNS` run against `server`, back to back.
+    """The default-settings targets in `rounds` rounds (see `PAIRED_ROUNDS`): in each, every
+    `PAIRED_RUNS` run against `server` between two in-process runs of its reference batch.
 
-    The in-process runs use a classifier loaded here, in the load generator, with the backend's
-    default threads, as the server's is: while they run the server is idle, and while the server runs
-    this process only sends."""
+    A round's `in-process bN` entry lists its in-process runs in order, and each served run names the
+    two around it (`between`: their indexes in that list). The in-process runs use a classifier loaded
+    here, in the load generator, with the backend's default threads, as the server's is: while they run
+    the server is idle, and while the server runs this process only sends."""
     from cassava.pipeline import Classifier
     from cassava.preprocessing import Limits
 
@@ -376,22 +377,30 @@ def paired_targets(
     classifier = Classifier.load(model_dir, backend, limits=Limits(max_images=max(64, SEED_BATCH)))
     out: list[dict[str, Any]] = []
     conditions: list[dict[str, Any]] = []
+
+    def reference(runs: list[dict[str, Any]], batch: int) -> int:
+        """Run the in-process pipeline at `batch` once more; its index in `runs`."""
+        report = run_in_process(
+            images,
+            model_dir=model_dir,
+            backend=backend,
+            batch=batch,
+            duration_s=duration_s,
+            warmup_s=warmup_s,
+            classifier=classifier,
+        )
+        runs.append(_brief(report))
+        return len(runs) - 1
+
     for k in range(rounds):
         waited = wait_for_quiet()
         ticks = cpu_ticks()
-        row: dict[str, Any] = {}
-        for batch in (1, SEED_BATCH):
-            report = run_in_process(
-                images,
-                model_dir=model_dir,
-                backend=backend,
-                batch=batch,
-                duration_s=duration_s,
-                warmup_s=warmup_s,
-                classifier=classifier,
-            )
-            row[f"in-process b{batch}"] = _brief(report)
+        row: dict[str, Any] = {f"in-process b{b}": [] for b in (1, SEED_BATCH)}
+        last: int | None = None  # the batch of the previous run when it was an in-process one
         for transport, batch, concurrency in PAIRED_RUNS:
+            ref = 1 if (batch, concurrency) == (1, 1) else SEED_BATCH
+            refs = row[f"in-process b{ref}"]
+            before = len(refs) - 1 if last == ref else reference(refs, ref)
             spec = LoadSpec(
                 target=server.target("grpc" if transport == "grpc" else "rest"),
                 batch=batch,
@@ -400,11 +409,17 @@ def paired_targets(
                 warmup_s=warmup_s,
                 timeout_s=60.0,
             )
-            row[f"{transport} b{batch} c{concurrency}"] = _brief(run_load(spec, images))
+            served = _brief(run_load(spec, images))
+            served["between"] = [before, reference(refs, ref)]
+            row[f"{transport} b{batch} c{concurrency}"] = served
+            last = ref
         conditions.append({"waited_s": waited, "steal": steal_share(ticks, cpu_ticks())})
         log(
-            f"  paired round {k + 1}/{rounds}: in-process b1 p50 {row['in-process b1']['p50_ms']:.1f} ms, "
-            f"b{SEED_BATCH} {row[f'in-process b{SEED_BATCH}']['images_per_s']:.1f} images/s; "
+            f"  paired round {k + 1}/{rounds}: in-process b1 p50 "
+            + "/".join(f"{v['p50_ms']:.1f}" for v in row["in-process b1"])
+            + f" ms, b{SEED_BATCH} "
+            + "/".join(f"{v['images_per_s']:.1f}" for v in row[f"in-process b{SEED_BATCH}"])
+            + " images/s; "
             + ", ".join(
                 f"{name} {v['p50_ms']:.1f} ms"
                 if name.endswith("b1 c1")

@@ -41,14 +41,16 @@ TARGETS = {
 }
 
 #: The default-settings targets compare a server with the in-process pipeline on a machine whose speed
-#: drifts by tens of percent within a minute (shared cores). So they are measured in rounds: each round
-#: runs the in-process reference and the served runs back to back in short windows, and a target is the
-#: median over rounds of each round's own ratio (or difference), so drift between rounds cancels out.
+#: drifts by tens of percent within a minute (shared cores). So they are measured in rounds of short
+#: windows: each served run sits between two in-process runs of its reference and is compared with
+#: their mean (a drift that is steady over the three cancels out), and a target is the median over
+#: rounds of each round's own ratio (or difference), so drift between rounds cancels out too.
 PAIRED_ROUNDS = 7
 QUICK_PAIRED_ROUNDS = 2
 PAIRED_WINDOW = (0.5, 2.0)  # warm-up and measured seconds of each run in a round
-#: (transport, images per request, concurrency) of the served runs of each round; in-process runs at
-#: batch 1 (the c1 reference) and `SEED_BATCH` (the throughput reference) before them.
+#: (transport, images per request, concurrency) of the served runs of each round, in order. A run of one
+#: image at concurrency 1 is compared with the in-process pipeline at batch 1, the others with it at
+#: `SEED_BATCH`; consecutive runs with the same reference share the in-process run between them.
 PAIRED_RUNS = (
     ("rest", 1, 1),
     ("grpc", 1, 1),

@@ -128,7 +128,7 @@ def _paired(results: dict[str, Any]) -> Lines:
     for k, (r, c) in enumerate(zip(paired["rounds"], conditions, strict=True), 1):
         steal = c.get("steal")
         row = [str(k), "-" if steal is None else f"{steal * 100:.1f}%"]
-        row += [fmt(r["in-process b1"]["p50_ms"]), fmt(r[f"in-process b{ref}"]["images_per_s"])]
+        row += [_spread(r["in-process b1"], "p50_ms"), _spread(r[f"in-process b{ref}"], "images_per_s")]
         for name in names:
             v = r[name]
             row.append(f"{fmt(v['p50_ms'])} ms" if name.endswith("b1 c1") else f"{fmt(v['images_per_s'])}/s")
@@ -139,10 +139,13 @@ def _paired(results: dict[str, Any]) -> Lines:
         "",
         f"Server: **{server['label']}**, started with no options. This machine's speed drifts by tens of "
         "percent within a minute (its cores are shared), more than the margins of the targets, so "
-        "each round runs the in-process pipeline (one classifier loaded in the load generator, idle "
-        "while the server runs) and then the served runs back to back, each "
-        f"{fmt(window)} s after {fmt(warmup)} s of warm-up; a target above is the median of the rounds' "
-        "own differences or ratios. This is a virtual machine: the host may run other guests on its "
+        "the runs come in rounds of short windows, each "
+        f"{fmt(window)} s after {fmt(warmup)} s of warm-up: every served run between two runs of the "
+        "in-process pipeline (one classifier loaded in the load generator, idle while the server runs) "
+        "at its reference batch, 1 for one image at concurrency 1 and "
+        f"{ref} for the others, and compared with their mean. A target above is the median of the "
+        "rounds' own differences or ratios; the table gives each round's in-process runs as a range. "
+        "This is a virtual machine: the host may run other guests on its "
         "cores, and the CPU time it takes (steal) slows every thread and process wake-up, which a "
         "served request has several of and the in-process loop has none of. So each round first waits "
         f"(up to {fmt(QUIET_MAX_WAIT_S, 0)} s) until the host steals under {QUIET_STEAL * 100:g}% of "
@@ -152,6 +155,13 @@ def _paired(results: dict[str, Any]) -> Lines:
         _table(["round", "CPU stolen", "in-process b1 p50 ms", f"in-process b{ref} images/s", *names], rows),
         "",
     ]
+
+
+def _spread(runs: list[dict[str, Any]] | dict[str, Any], field: str) -> str:
+    """A round's in-process runs: the one figure, or the range of several."""
+    values = [runs[field]] if isinstance(runs, dict) else [run[field] for run in runs]
+    low, high = fmt(min(values)), fmt(max(values))
+    return low if low == high else f"{low}-{high}"
 
 
 #: The profiles table's measured columns: (title, run label, field: images_per_s or a latency percentile).

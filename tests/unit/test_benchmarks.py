@@ -59,24 +59,41 @@ def fake_results() -> dict[str, Any]:
     def brief(ips: float, p50: float) -> dict[str, Any]:
         return {"images_per_s": ips, "p50_ms": p50, "p99_ms": p50 * 2, "errors": 0}
 
+    def round_(f: float, d: float) -> dict[str, Any]:
+        """One round, each served run between two in-process runs; its reference is their mean."""
+        served = {
+            "rest b1 c1": brief(100.0, 6.0 * f + d) | {"between": [0, 1]},
+            "grpc b1 c1": brief(100.0, 6.0 * f + d - 0.5) | {"between": [1, 2]},
+            "rest b1 c8": brief(228.0 / f, 40.0) | {"between": [0, 1]},
+            "grpc b1 c8": brief(216.0 / f, 40.0) | {"between": [1, 2]},
+            "rest b16 c1": brief(232.0 / f, 60.0) | {"between": [2, 3]},
+            "grpc b16 c1": brief(240.0 / f, 60.0) | {"between": [3, 4]},
+        }
+        return {
+            # The reference drifts within the round too: each adjacent pair averages to 6.0 ms and
+            # 240 images/s (times f), while any one run alone is off by 0.4 ms or 10%.
+            "in-process b1": [brief(150.0, 6.0 * f + e) for e in (-0.4, 0.4, -0.4)],
+            "in-process b16": [brief(240.0 / f * g, 60.0) for g in (0.9, 1.1, 0.9, 1.1, 0.9)],
+            **served,
+        }
+
     # Three rounds on a drifting machine: the in-process reference moves, and each round's own ratio is
-    # what counts (round 2 is 25% slower everywhere).
+    # what counts (round 2 is 25% slower everywhere). Round 3 is recorded as earlier runs of the matrix
+    # recorded rounds (one in-process run of each batch before all served runs): it still reads.
+    old_style = {
+        "in-process b1": brief(150.0, 6.0),
+        "in-process b16": brief(240.0, 60.0),
+        "rest b1 c1": brief(100.0, 6.0 + 2.5),
+        "grpc b1 c1": brief(100.0, 6.0 + 2.0),
+        "rest b1 c8": brief(228.0, 40.0),
+        "grpc b1 c8": brief(216.0, 40.0),
+        "rest b16 c1": brief(232.0, 60.0),
+        "grpc b16 c1": brief(240.0, 60.0),
+    }
     paired = {
         "window_s": [0.5, 2.0],
         "reference_batch": 16,
-        "rounds": [
-            {
-                "in-process b1": brief(150.0, 6.0 * f),
-                "in-process b16": brief(240.0 / f, 60.0),
-                "rest b1 c1": brief(100.0, 6.0 * f + d),
-                "grpc b1 c1": brief(100.0, 6.0 * f + d - 0.5),
-                "rest b1 c8": brief(228.0 / f, 40.0),
-                "grpc b1 c8": brief(216.0 / f, 40.0),
-                "rest b16 c1": brief(232.0 / f, 60.0),
-                "grpc b16 c1": brief(240.0 / f, 60.0),
-            }
-            for f, d in ((1.0, 1.5), (1.25, 1.8), (1.0, 2.5))
-        ],
+        "rounds": [round_(1.0, 1.5), round_(1.25, 1.8), old_style],
         "conditions": [{"waited_s": 1.0, "steal": 0.01}, {"waited_s": 30.0, "steal": 0.15}, {"steal": None}],
     }
 
@@ -205,7 +222,7 @@ def test_matrix_targets_and_markdown_come_from_the_results() -> None:
     assert "87.5%" in page  # fast_decode agreement
     assert page.count("| yes |") >= 4
     assert "### Default settings, in paired rounds" in page
-    assert "| 2 | 15.0% | 7.5 | 192.0 | 9.3 ms | 8.8 ms | 182.4/s |" in page  # round 2's own figures
+    assert "| 2 | 15.0% | 7.1-7.9 | 172.8-211.2 | 9.3 ms | 8.8 ms | 182.4/s |" in page  # round 2's own
     assert "| 3 | - | 6.0 |" in page
     assert "## Profiles (onnx)" in page
     assert "**latency** (default)" in page
@@ -296,12 +313,20 @@ def test_paired_rounds_alternate_the_reference_and_the_served_runs(monkeypatch: 
     monkeypatch.setattr(measure, "run_load", fake_load)
     monkeypatch.setattr(measure, "wait_for_quiet", lambda: 1.5)
     paired = measure.paired_targets(Server(), "onnx", Path("m"), [b"x"], rounds=2)  # type: ignore[arg-type]
-    one_round = ["in-process b1", f"in-process b{SEED_BATCH}"]
-    one_round += [f"{'grpc' if t == 'grpc' else 'http'} b{b} c{c}" for t, b, c in PAIRED_RUNS]
+    # Each served run between two in-process runs of its reference; neighbours share the one between.
+    assert PAIRED_RUNS[:2] == (("rest", 1, 1), ("grpc", 1, 1))
+    assert SEED_BATCH == 16
+    ref1, ref16 = "in-process b1", "in-process b16"
+    one_round = [ref1, "http b1 c1", ref1, "grpc b1 c1", ref1]
+    one_round += [ref16, "http b1 c8", ref16, "grpc b1 c8", ref16, "http b16 c1", ref16, "grpc b16 c1", ref16]
     assert calls == one_round * 2
     assert len(paired["rounds"]) == 2
-    assert paired["rounds"][1]["rest b1 c1"]["p50_ms"] == pytest.approx(12.0)
-    assert paired["rounds"][1]["in-process b16"]["p50_ms"] == pytest.approx(10.0)
+    second = paired["rounds"][1]
+    assert second["rest b1 c1"]["p50_ms"] == pytest.approx(12.0)
+    assert [run["p50_ms"] for run in second[ref16]] == pytest.approx([10.0] * 5)
+    assert [second[name]["between"] for name in ("rest b1 c1", "grpc b1 c1")] == [[0, 1], [1, 2]]
+    shared = [second[f"{t} b{b} c{c}"]["between"] for t, b, c in PAIRED_RUNS[2:]]
+    assert shared == [[0, 1], [1, 2], [2, 3], [3, 4]]
     assert [c["waited_s"] for c in paired["conditions"]] == [1.5, 1.5]
 
 
