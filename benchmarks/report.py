@@ -134,17 +134,24 @@ def _paired(results: dict[str, Any]) -> Lines:
             row.append(f"{fmt(v['p50_ms'])} ms" if name.endswith("b1 c1") else f"{fmt(v['images_per_s'])}/s")
         rows.append(row)
     warmup, window = paired["window_s"]
+    # Results recorded before each served run had references on both sides still render.
+    bracketed = not isinstance(paired["rounds"][0]["in-process b1"], dict)
     return [
         "### Default settings, in paired rounds",
         "",
         f"Server: **{server['label']}**, started with no options. This machine's speed drifts by tens of "
         "percent within a minute (its cores are shared), more than the margins of the targets, so "
-        "the runs come in rounds of short windows, each "
-        f"{fmt(window)} s after {fmt(warmup)} s of warm-up: every served run between two runs of the "
-        "in-process pipeline (one classifier loaded in the load generator, idle while the server runs) "
-        "at its reference batch, 1 for one image at concurrency 1 and "
-        f"{ref} for the others, and compared with their mean. A target above is the median of the "
-        "rounds' own differences or ratios; the table gives each round's in-process runs as a range. "
+        f"the runs come in rounds of short windows, each {fmt(window)} s after {fmt(warmup)} s of "
+        "warm-up, with the in-process pipeline (one classifier loaded in the load generator, idle while "
+        "the server runs) at batch 1 as the reference of one image at concurrency 1 and at batch "
+        f"{ref} as that of the others. "
+        + (
+            "Every served run sits between two runs of its reference and is compared with their mean "
+            "(the table gives each round's in-process runs as a range). "
+            if bracketed
+            else "Each round runs the two references and then the served runs back to back. "
+        )
+        + "A target above is the median of the rounds' own differences or ratios. "
         "This is a virtual machine: the host may run other guests on its "
         "cores, and the CPU time it takes (steal) slows every thread and process wake-up, which a "
         "served request has several of and the in-process loop has none of. So each round first waits "

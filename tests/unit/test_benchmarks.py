@@ -224,6 +224,11 @@ def test_matrix_targets_and_markdown_come_from_the_results() -> None:
     assert "### Default settings, in paired rounds" in page
     assert "| 2 | 15.0% | 7.1-7.9 | 172.8-211.2 | 9.3 ms | 8.8 ms | 182.4/s |" in page  # round 2's own
     assert "| 3 | - | 6.0 |" in page
+    assert "Every served run sits between two runs of its reference" in page
+    earlier = finished(fake_results())
+    paired_runs = earlier["servers"][0]["paired"]
+    paired_runs["rounds"] = [paired_runs["rounds"][2]] * 3
+    assert "then the served runs back to back" in render(earlier, "img/performance.png")
     assert "## Profiles (onnx)" in page
     assert "**latency** (default)" in page
     assert "| 300 | 500 |" in page  # idle and warmed-up RSS
