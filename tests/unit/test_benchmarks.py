@@ -78,8 +78,8 @@ def fake_results() -> dict[str, Any]:
         }
 
     # Three rounds on a drifting machine: the in-process reference moves, and each round's own ratio is
-    # what counts (round 2 is 25% slower everywhere). Round 3 is recorded as earlier runs of the matrix
-    # recorded rounds (one in-process run of each batch before all served runs): it still reads.
+    # what counts (round 2 is 25% slower everywhere). Round 3 has the format of results recorded before
+    # the bracketed rounds (one in-process run of each batch before all served runs): it still reads.
     old_style = {
         "in-process b1": brief(150.0, 6.0),
         "in-process b16": brief(240.0, 60.0),
