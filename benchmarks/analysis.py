@@ -7,7 +7,7 @@ import math
 import statistics
 from typing import Any
 
-from benchmarks.plan import SEED_BATCH, SLO_MS, TARGETS, default_workers
+from benchmarks.plan import SEED_BATCH, SLO_MS, TARGETS, default_workers, paired_reference
 from cassava.bench import RatePoint, slo_capacity
 from cassava.server.config import DEFAULT_PROFILE
 
@@ -154,8 +154,6 @@ def paired_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
 
-    inproc1, inproc_ref = "in-process b1", f"in-process b{ref}"
-
     def reference(r: dict[str, Any], served: str, key: str, field: str) -> float:
         """The in-process figure `served` is compared with: the mean of the runs around it."""
         runs = r[key]
@@ -166,18 +164,19 @@ def paired_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 
     # (what, the served run, the target's key): c1 is a difference of p50s, the others ratios of images/s.
     measures = (
-        ("one image at concurrency 1, served p50 minus in-process p50", "b1 c1", "c1_overhead_ms"),
-        (f"8 clients of one image vs in-process batch {ref}, images/s", "b1 c8", "c8_vs_batch16"),
-        (f"{ref} images per request vs in-process batch {ref}, images/s", f"b{ref} c1", "b16_vs_batch16"),
+        ("one image at concurrency 1, served p50 minus in-process p50", 1, 1, "c1_overhead_ms"),
+        (f"8 clients of one image vs in-process batch {ref}, images/s", 1, 8, "c8_vs_batch16"),
+        (f"{ref} images per request vs in-process batch {ref}, images/s", ref, 1, "b16_vs_batch16"),
     )
-    for what, run, key in measures:
+    for what, batch, concurrency, key in measures:
         latency = key == "c1_overhead_ms"
+        inproc = f"in-process b{paired_reference(batch, concurrency, ref)}"
         for transport in ("rest", "grpc"):
-            served = f"{transport} {run}"
+            served = f"{transport} b{batch} c{concurrency}"
             values = [
-                r[served]["p50_ms"] - reference(r, served, inproc1, "p50_ms")
+                r[served]["p50_ms"] - reference(r, served, inproc, "p50_ms")
                 if latency
-                else r[served]["images_per_s"] / reference(r, served, inproc_ref, "images_per_s")
+                else r[served]["images_per_s"] / reference(r, served, inproc, "images_per_s")
                 for r in rounds
             ]
             add(

@@ -42,6 +42,7 @@ from benchmarks.plan import (
     SWEEP_TIMEOUT_S,
     ServerPlan,
     Timing,
+    paired_reference,
     server_plan,
 )
 from cassava.bench import (
@@ -398,7 +399,7 @@ def paired_targets(
         row: dict[str, Any] = {f"in-process b{b}": [] for b in (1, SEED_BATCH)}
         last: int | None = None  # the batch of the previous run when it was an in-process one
         for transport, batch, concurrency in PAIRED_RUNS:
-            ref = 1 if (batch, concurrency) == (1, 1) else SEED_BATCH
+            ref = paired_reference(batch, concurrency)
             refs = row[f"in-process b{ref}"]
             before = len(refs) - 1 if last == ref else reference(refs, ref)
             spec = LoadSpec(

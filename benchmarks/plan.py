@@ -61,6 +61,12 @@ PAIRED_RUNS = (
 )
 
 
+def paired_reference(batch: int, concurrency: int, reference_batch: int = SEED_BATCH) -> int:
+    """The in-process batch a paired run is compared with: 1 for one image at concurrency 1 (its
+    latency), `reference_batch` for the others (their images/s)."""
+    return 1 if (batch, concurrency) == (1, 1) else reference_batch
+
+
 #: The open-loop sweep (one image per REST request, on the best backend's default server): rates as
 #: fractions of the most requests/s its closed-loop runs reached, so the curve spans the knee on any
 #: machine. It stops after the first rate whose p99 misses twice `SLO_MS` (the rates above only queue).
