@@ -16,6 +16,8 @@ is rendered from that file, so nothing in it is typed by hand.
     environment  the machine and library versions
     decode       decode and preprocess speed and parity (child process: imports TensorFlow)
     measure      the model copy, in-process, model-only and served runs; `run_matrix`
+    control      the paired rounds' control: stock `mlserver start` with control_runtime.py, the
+                 least runtime around the same pipeline
     analysis     targets met or missed, and this run's pick of defaults
     report       the Markdown page (its prose: performance_notes.md) and the chart
 """

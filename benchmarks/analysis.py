@@ -7,7 +7,7 @@ import math
 import statistics
 from typing import Any
 
-from benchmarks.plan import SEED_BATCH, SLO_MS, TARGETS, default_workers, paired_reference
+from benchmarks.plan import SEED_BATCH, SLO_MS, TARGETS, default_workers, paired_name, paired_reference
 from cassava.bench import RatePoint, slo_capacity
 from cassava.server.config import DEFAULT_PROFILE
 
@@ -139,20 +139,25 @@ def paired_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     ref = server["paired"]["reference_batch"]
     out: list[dict[str, Any]] = []
 
-    def add(name: str, values: list[float], target: float, higher: bool, unit: str) -> None:
+    def add(
+        name: str, values: list[float], control: list[float] | None, target: float, higher: bool, unit: str
+    ) -> None:
         value = statistics.median(values)
         shown = ", ".join(f"{v:.2f}" for v in values)
-        out.append(
-            {
-                "name": f"{name} (median of {len(values)} paired rounds)",
-                "value": value,
-                "target": target,
-                "higher_is_better": higher,
-                "unit": unit,
-                "met": value >= target if higher else value <= target,
-                "detail": f"{server['label']}; rounds: {shown}",
-            }
-        )
+        detail = f"{server['label']}; rounds: {shown}"
+        entry: dict[str, Any] = {
+            "name": f"{name} (median of {len(values)} paired rounds)",
+            "value": value,
+            "target": target,
+            "higher_is_better": higher,
+            "unit": unit,
+            "met": value >= target if higher else value <= target,
+        }
+        if control:
+            # Not a target: the same figure for stock MLServer around the same pipeline, same rounds.
+            entry["control"] = {"value": statistics.median(control), "rounds": control}
+            detail += f"; the control: {statistics.median(control):.2f} {unit}"
+        out.append(entry | {"detail": detail})
 
     def reference(r: dict[str, Any], served: str, key: str, field: str) -> float:
         """The in-process figure `served` is compared with: the mean of the runs around it."""
@@ -161,6 +166,12 @@ def paired_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             return float(runs[field])
         before, after = r[served]["between"]
         return float(runs[before][field] + runs[after][field]) / 2
+
+    def figure(r: dict[str, Any], served: str, inproc: str, latency: bool) -> float:
+        """A served run's difference of p50s (`latency`) or ratio of images/s to its reference."""
+        if latency:
+            return float(r[served]["p50_ms"]) - reference(r, served, inproc, "p50_ms")
+        return float(r[served]["images_per_s"]) / reference(r, served, inproc, "images_per_s")
 
     # (what, the served run, the target's key): c1 is a difference of p50s, the others ratios of images/s.
     measures = (
@@ -172,16 +183,12 @@ def paired_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         latency = key == "c1_overhead_ms"
         inproc = f"in-process b{paired_reference(batch, concurrency, ref)}"
         for transport in ("rest", "grpc"):
-            served = f"{transport} b{batch} c{concurrency}"
-            values = [
-                r[served]["p50_ms"] - reference(r, served, inproc, "p50_ms")
-                if latency
-                else r[served]["images_per_s"] / reference(r, served, inproc, "images_per_s")
-                for r in rounds
-            ]
+            served = paired_name(transport, batch, concurrency)
+            control = paired_name(transport, batch, concurrency, control=True)
             add(
                 f"default settings, {transport}: {what}",
-                values,
+                [figure(r, served, inproc, latency) for r in rounds],
+                [figure(r, control, inproc, latency) for r in rounds if control in r],
                 TARGETS[key],
                 not latency,
                 "ms" if latency else "x",

@@ -21,16 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.analysis import defaults, rate_curve, targets
+from benchmarks.control import CONTROL_LABEL, start_control
 from benchmarks.decode import decode_benchmark
 from benchmarks.environment import cpu_ticks, machine, steal_share, versions, wait_for_quiet
 from benchmarks.plan import (
     BENCH_EXPORT_TOLERANCE,
+    CONTROL,
     FULL,
     IMAGE_COUNT,
     IMAGE_QUALITY,
     IMAGE_SIZE,
     PAIRED_ROUNDS,
-    PAIRED_RUNS,
     PAIRED_WINDOW,
     QUICK,
     QUICK_PAIRED_ROUNDS,
@@ -43,6 +44,7 @@ from benchmarks.plan import (
     ServerPlan,
     Timing,
     paired_reference,
+    paired_schedule,
     server_plan,
 )
 from cassava.bench import (
@@ -309,7 +311,12 @@ def serve(
         # The paired rounds before the sweep: its overloaded rates leave a queue that the server works
         # off after the generator has stopped, which would slow the next runs.
         if plan.paired:
-            result.paired = paired_targets(server, config.backend, model_dir, images, rounds)
+            control = start_control_or_note(folder.parent / CONTROL, model_dir, config.backend, notes)
+            try:
+                result.paired = paired_targets(server, config.backend, model_dir, images, rounds, control)
+            finally:
+                if control is not None:
+                    control.stop()
         if plan.sweep:
             result.sweep = sweep_rates(server, result, images, timing)
     finally:
@@ -361,16 +368,35 @@ def sweep_rates(
     }
 
 
+def start_control_or_note(
+    workdir: Path, model_dir: Path, backend: Backend, notes: list[str]
+) -> StartedServer | None:
+    """The paired rounds' control server (`benchmarks.control`), or None and a note saying why not: the
+    targets are cassava's, and are measured without it."""
+    shutil.rmtree(workdir, ignore_errors=True)
+    try:
+        return start_control(workdir, model_dir, backend)
+    except Exception as err:  # any failure: the rounds go on without it
+        notes.append(f"The control server did not start ({type(err).__name__}: {err}); see {workdir}.")
+        return None
+
+
 def paired_targets(
-    server: StartedServer, backend: Backend, model_dir: Path, images: list[bytes], rounds: int
+    server: StartedServer,
+    backend: Backend,
+    model_dir: Path,
+    images: list[bytes],
+    rounds: int,
+    control: StartedServer | None = None,
 ) -> dict[str, Any]:
     """The default-settings targets in `rounds` rounds (see `PAIRED_ROUNDS`): in each, every
-    `PAIRED_RUNS` run against `server` between two in-process runs of its reference batch.
+    `PAIRED_RUNS` run against `server` (and against `control`, when given: `paired_schedule`) between
+    two in-process runs of its reference batch.
 
     A round's `in-process bN` entry lists its in-process runs in order, and each served run names the
     two around it (`between`: their indexes in that list). The in-process runs use a classifier loaded
     here, in the load generator, with the backend's default threads, as the server's is: while they run
-    the server is idle, and while the server runs this process only sends."""
+    the servers are idle, and while a server runs this process only sends."""
     from cassava.pipeline import Classifier
     from cassava.preprocessing import Limits
 
@@ -398,21 +424,22 @@ def paired_targets(
         ticks = cpu_ticks()
         row: dict[str, Any] = {f"in-process b{b}": [] for b in (1, SEED_BATCH)}
         last: int | None = None  # the batch of the previous run when it was an in-process one
-        for transport, batch, concurrency in PAIRED_RUNS:
-            ref = paired_reference(batch, concurrency)
+        for run in paired_schedule(k, control is not None):
+            ref = paired_reference(run.batch, run.concurrency)
             refs = row[f"in-process b{ref}"]
             before = len(refs) - 1 if last == ref else reference(refs, ref)
+            target = control if run.control and control is not None else server
             spec = LoadSpec(
-                target=server.target("grpc" if transport == "grpc" else "rest"),
-                batch=batch,
-                concurrency=concurrency,
+                target=target.target("grpc" if run.transport == "grpc" else "rest"),
+                batch=run.batch,
+                concurrency=run.concurrency,
                 duration_s=duration_s,
                 warmup_s=warmup_s,
                 timeout_s=60.0,
             )
             served = _brief(run_load(spec, images))
             served["between"] = [before, reference(refs, ref)]
-            row[f"{transport} b{batch} c{concurrency}"] = served
+            row[run.name] = served
             last = ref
         conditions.append({"waited_s": waited, "steal": steal_share(ticks, cpu_ticks())})
         log(
@@ -435,6 +462,7 @@ def paired_targets(
         "conditions": conditions,
         "window_s": list(PAIRED_WINDOW),
         "reference_batch": SEED_BATCH,
+        **({"control": {"label": CONTROL_LABEL, "cold_start_s": control.cold_start_s}} if control else {}),
     }
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from cassava.bench import DEFAULT_SLO_MS, ServerConfig
 from cassava.settings import Backend
@@ -59,6 +59,38 @@ PAIRED_RUNS = (
     ("rest", 16, 1),
     ("grpc", 16, 1),
 )
+
+
+#: The paired rounds' control server (`benchmarks.control`): a stock `mlserver start` with the least
+#: runtime that runs the same pipeline. Its runs are named as cassava's are, after this word.
+CONTROL = "control"
+
+
+class PairedRun(NamedTuple):
+    name: str  # its key in a round: "rest b1 c1", "control rest b1 c1"
+    transport: str
+    batch: int
+    concurrency: int
+    control: bool
+
+
+def paired_name(transport: str, batch: int, concurrency: int, control: bool = False) -> str:
+    name = f"{transport} b{batch} c{concurrency}"
+    return f"{CONTROL} {name}" if control else name
+
+
+def paired_schedule(round_index: int, control: bool) -> list[PairedRun]:
+    """The served runs of round `round_index` (from 0), in order. With the control, each `PAIRED_RUNS`
+    run is made on both servers, cassava's first in even rounds and the control's first in odd ones,
+    so that neither always follows the other."""
+    order = ((False, True) if round_index % 2 == 0 else (True, False)) if control else (False,)
+    return [
+        PairedRun(
+            paired_name(transport, batch, concurrency, on_control), transport, batch, concurrency, on_control
+        )
+        for transport, batch, concurrency in PAIRED_RUNS
+        for on_control in order
+    ]
 
 
 def paired_reference(batch: int, concurrency: int, reference_batch: int = SEED_BATCH) -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.environment import QUIET_MAX_WAIT_S, QUIET_STEAL
-from benchmarks.plan import ADAPTIVE, REGENERATE
+from benchmarks.plan import ADAPTIVE, CONTROL, REGENERATE
 
 Lines = list[str]
 
@@ -122,7 +122,12 @@ def _paired(results: dict[str, Any]) -> Lines:
         return []
     paired = server["paired"]
     ref = paired["reference_batch"]
-    names = [n for n in paired["rounds"][0] if not n.startswith("in-process")]
+    control = paired.get("control")
+    names = [n for n in paired["rounds"][0] if not n.startswith(("in-process", CONTROL))]
+
+    def shown(v: dict[str, Any], name: str) -> str:
+        return f"{fmt(v['p50_ms'])} ms" if name.endswith("b1 c1") else f"{fmt(v['images_per_s'])}/s"
+
     rows = []
     conditions = paired.get("conditions") or [{} for _ in paired["rounds"]]
     for k, (r, c) in enumerate(zip(paired["rounds"], conditions, strict=True), 1):
@@ -130,8 +135,10 @@ def _paired(results: dict[str, Any]) -> Lines:
         row = [str(k), "-" if steal is None else f"{steal * 100:.1f}%"]
         row += [_spread(r["in-process b1"], "p50_ms"), _spread(r[f"in-process b{ref}"], "images_per_s")]
         for name in names:
-            v = r[name]
-            row.append(f"{fmt(v['p50_ms'])} ms" if name.endswith("b1 c1") else f"{fmt(v['images_per_s'])}/s")
+            cell = shown(r[name], name)
+            if f"{CONTROL} {name}" in r:
+                cell += f" / {shown(r[f'{CONTROL} {name}'], name)}"
+            row.append(cell)
         rows.append(row)
     warmup, window = paired["window_s"]
     # Results recorded before each served run had references on both sides still render.
@@ -160,6 +167,41 @@ def _paired(results: dict[str, Any]) -> Lines:
         "during the round itself.",
         "",
         _table(["round", "CPU stolen", "in-process b1 p50 ms", f"in-process b{ref} images/s", *names], rows),
+        "",
+        *(_control(results, control) if control else []),
+    ]
+
+
+def _control(results: dict[str, Any], control: dict[str, Any]) -> Lines:
+    """The paired targets next to the same figures for the control server."""
+    rows = []
+    for t in results.get("targets", []):
+        if "control" not in t:
+            continue
+        op = ">=" if t["higher_is_better"] else "<="
+        ours, theirs = t["value"], t["control"]["value"]
+        rows.append(
+            [
+                t["name"].split(" (median")[0].removeprefix("default settings, "),
+                f"{op} {fmt(t['target'], 3)} {t['unit']}",
+                f"{fmt(ours, 2)} {t['unit']}",
+                f"{fmt(theirs, 2)} {t['unit']}",
+                f"{ours - theirs:+.2f} ms" if t["unit"] == "ms" else f"{ours / theirs:.2f}x",
+            ]
+        )
+    if not rows:
+        return []
+    return [
+        "Each cell after the in-process runs reads *cassava / control*. The control is MLServer as "
+        f"it comes ({control['label']}; ready in {fmt(control['cold_start_s'], 2)} s): its runtime "
+        "runs the same pipeline on the same model and backend in a thread, as cassava's does, and "
+        "nothing else: no input checks or limits, no metrics, no error mapping, none of cassava's "
+        "patches or REST route. It makes every served run of the round too, each between two "
+        "in-process runs (cassava's first in odd rounds, the control's in even ones), so its figures "
+        "say what MLServer and this machine cost a request on their own, and the difference is what "
+        "cassava's server adds or saves.",
+        "",
+        _table(["measure", "target", "cassava", "control", "cassava vs control"], rows),
         "",
     ]
 

@@ -91,6 +91,36 @@ def test_bench_counts_refused_connections_as_errors() -> None:
     assert "connection" in out.stdout
 
 
+def test_the_benchmarks_control_server_answers_the_load_generator(
+    demo_model_dir: Path, tmp_path: Path
+) -> None:
+    """`make bench`'s control (`benchmarks.control`): stock `mlserver start` with its runtime imported
+    from the repository, on free ports, answering the load generator's REST and gRPC requests of one
+    and of two images, with no errors."""
+    from benchmarks.control import start_control
+
+    control = start_control(tmp_path / "control", demo_model_dir, "tensorflow")
+    try:
+        assert control.process.command()[1:4] == ["-m", "mlserver.cli.main", "start"]
+        for transport in ("rest", "grpc"):
+            for batch in ("1", "2"):
+                report = bench(
+                    tmp_path,
+                    control.target(transport),
+                    "--duration",
+                    "1",
+                    "--warmup",
+                    "0.2",
+                    "--batch",
+                    batch,
+                )
+                assert report["requests"] > 0
+                assert report["errors"] == {}
+                assert report["images"] == report["requests"] * int(batch)
+    finally:
+        control.stop()
+
+
 # --- adaptive batching in our runtime ------------------------------------------------------------------
 
 

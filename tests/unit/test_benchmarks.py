@@ -11,6 +11,7 @@ import benchmarks
 import pytest
 from benchmarks.__main__ import MODEL_ENV, main
 from benchmarks.analysis import defaults, rate_curve, targets
+from benchmarks.control import CONTROL_LABEL
 from benchmarks.plan import SEED_BATCH, SLO_MS, SWEEP_FRACTIONS, default_workers, server_plan
 from benchmarks.report import RATE_CHART, render
 
@@ -60,20 +61,28 @@ def fake_results() -> dict[str, Any]:
         return {"images_per_s": ips, "p50_ms": p50, "p99_ms": p50 * 2, "errors": 0}
 
     def round_(f: float, d: float) -> dict[str, Any]:
-        """One round, each served run between two in-process runs; its reference is their mean."""
+        """One round, each served run between two in-process runs; its reference is their mean. The
+        control server's runs (`control ...`) interleave with cassava's: 0.5 ms slower at c1 and 2%
+        fewer images/s elsewhere."""
         served = {
             "rest b1 c1": brief(100.0, 6.0 * f + d) | {"between": [0, 1]},
-            "grpc b1 c1": brief(100.0, 6.0 * f + d - 0.5) | {"between": [1, 2]},
+            "control rest b1 c1": brief(100.0, 6.0 * f + d + 0.5) | {"between": [1, 2]},
+            "grpc b1 c1": brief(100.0, 6.0 * f + d - 0.5) | {"between": [2, 3]},
+            "control grpc b1 c1": brief(100.0, 6.0 * f + d) | {"between": [3, 4]},
             "rest b1 c8": brief(228.0 / f, 40.0) | {"between": [0, 1]},
-            "grpc b1 c8": brief(216.0 / f, 40.0) | {"between": [1, 2]},
-            "rest b16 c1": brief(232.0 / f, 60.0) | {"between": [2, 3]},
-            "grpc b16 c1": brief(240.0 / f, 60.0) | {"between": [3, 4]},
+            "control rest b1 c8": brief(228.0 / f * 0.98, 40.0) | {"between": [1, 2]},
+            "grpc b1 c8": brief(216.0 / f, 40.0) | {"between": [2, 3]},
+            "control grpc b1 c8": brief(216.0 / f * 0.98, 40.0) | {"between": [3, 4]},
+            "rest b16 c1": brief(232.0 / f, 60.0) | {"between": [4, 5]},
+            "control rest b16 c1": brief(232.0 / f * 0.98, 60.0) | {"between": [5, 6]},
+            "grpc b16 c1": brief(240.0 / f, 60.0) | {"between": [6, 7]},
+            "control grpc b16 c1": brief(240.0 / f * 0.98, 60.0) | {"between": [7, 8]},
         }
         return {
             # The reference drifts within the round too: each adjacent pair averages to 6.0 ms and
             # 240 images/s (times f), while any one run alone is off by 0.4 ms or 10%.
-            "in-process b1": [brief(150.0, 6.0 * f + e) for e in (-0.4, 0.4, -0.4)],
-            "in-process b16": [brief(240.0 / f * g, 60.0) for g in (0.9, 1.1, 0.9, 1.1, 0.9)],
+            "in-process b1": [brief(150.0, 6.0 * f + e) for e in (-0.4, 0.4, -0.4, 0.4, -0.4)],
+            "in-process b16": [brief(240.0 / f * g, 60.0) for g in (0.9, 1.1) * 4 + (0.9,)],
             **served,
         }
 
@@ -95,6 +104,7 @@ def fake_results() -> dict[str, Any]:
         "reference_batch": 16,
         "rounds": [round_(1.0, 1.5), round_(1.25, 1.8), old_style],
         "conditions": [{"waited_s": 1.0, "steal": 0.01}, {"waited_s": 30.0, "steal": 0.15}, {"steal": None}],
+        "control": {"label": CONTROL_LABEL, "cold_start_s": 1.5},
     }
 
     def point(rate: float, p99: float) -> dict[str, Any]:
@@ -210,6 +220,10 @@ def test_matrix_targets_and_markdown_come_from_the_results() -> None:
     assert paired[b16.format("rest")]["value"] == pytest.approx(232 / 240)
     assert paired[b16.format("rest")]["met"] is True
     assert "1.50, 1.80, 2.50" in paired[c1.format("rest")]["detail"]
+    # The control server's figures ride along and decide nothing.
+    assert paired[c1.format("rest")]["control"]["rounds"] == pytest.approx([2.0, 2.3])
+    assert paired[c8.format("grpc")]["control"]["value"] == pytest.approx(0.9 * 0.98)
+    assert "the control: 2.15 ms" in paired[c1.format("rest")]["detail"]
     results["servers"][0]["paired"]["rounds"][0]["rest b16 c1"]["images_per_s"] = 100.0
     results["servers"][0]["paired"]["rounds"][1]["rest b16 c1"]["images_per_s"] = 100.0
     missed = {t["name"].split(" (median")[0]: t for t in targets(results)}[b16.format("rest")]
@@ -222,13 +236,29 @@ def test_matrix_targets_and_markdown_come_from_the_results() -> None:
     assert "87.5%" in page  # fast_decode agreement
     assert page.count("| yes |") >= 4
     assert "### Default settings, in paired rounds" in page
-    assert "| 2 | 15.0% | 7.1-7.9 | 172.8-211.2 | 9.3 ms | 8.8 ms | 182.4/s |" in page  # round 2's own
+    # Round 2's own figures; each served cell is cassava's, then the control's.
+    assert (
+        "| 2 | 15.0% | 7.1-7.9 | 172.8-211.2 | 9.3 ms / 9.8 ms | 8.8 ms / 9.3 ms | 182.4/s / 178.8/s |"
+        in page
+    )
+    # The control's medians (rounds 1 and 2 have its runs), beside cassava's, and the difference.
+    control_row = (
+        "| rest: one image at concurrency 1, served p50 minus in-process p50 | <= 2.000 ms | 1.80 ms"
+    )
+    assert f"{control_row} | 2.15 ms | -0.35 ms |" in page
+    b16_row = "| grpc: 16 images per request vs in-process batch 16, images/s | >= 0.950 x"
+    assert f"{b16_row} | 1.00 x | 0.98 x | 1.02x |" in page
+    assert "runtime benchmarks.control_runtime.PipelineRuntime" in page
     assert "| 3 | - | 6.0 |" in page
     assert "Every served run sits between two runs of its reference" in page
     earlier = finished(fake_results())
     paired_runs = earlier["servers"][0]["paired"]
     paired_runs["rounds"] = [paired_runs["rounds"][2]] * 3
-    assert "then the served runs back to back" in render(earlier, "img/performance.png")
+    del paired_runs["control"]
+    earlier["targets"] = targets(earlier)
+    earlier_page = render(earlier, "img/performance.png")
+    assert "then the served runs back to back" in earlier_page
+    assert "cassava / control" not in earlier_page  # recorded before the control existed
     assert "## Profiles (onnx)" in page
     assert "**latency** (default)" in page
     assert "| 300 | 500 |" in page  # idle and warmed-up RSS
@@ -333,6 +363,62 @@ def test_paired_rounds_alternate_the_reference_and_the_served_runs(monkeypatch: 
     shared = [second[f"{t} b{b} c{c}"]["between"] for t, b, c in PAIRED_RUNS[2:]]
     assert shared == [[0, 1], [1, 2], [2, 3], [3, 4]]
     assert [c["waited_s"] for c in paired["conditions"]] == [1.5, 1.5]
+
+
+def test_with_the_control_each_run_is_made_on_both_servers_and_their_order_alternates(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same recorders as above, with a control server at other addresses."""
+    from benchmarks import measure
+    from benchmarks.plan import PAIRED_RUNS, paired_schedule
+
+    calls: list[str] = []
+    monkeypatch.setattr(
+        measure,
+        "run_in_process",
+        lambda images, *, batch, **_: calls.append(f"in-process b{batch}") or fake_report(100.0, 10.0),
+    )
+
+    def fake_load(spec: Any, images: Any) -> BenchReport:
+        calls.append(f"{spec.target} b{spec.batch} c{spec.concurrency}")
+        return fake_report(90.0, 13.0 if "control" in spec.target else 12.0)
+
+    class Server:
+        def __init__(self, host: str) -> None:
+            self.host = host
+            self.cold_start_s = 1.25
+
+        def target(self, transport: str) -> str:
+            return f"grpc://{self.host}" if transport == "grpc" else f"http://{self.host}"
+
+    import cassava.pipeline
+
+    monkeypatch.setattr(cassava.pipeline.Classifier, "load", staticmethod(lambda *_, **__: None))
+    monkeypatch.setattr(measure, "run_load", fake_load)
+    monkeypatch.setattr(measure, "wait_for_quiet", lambda: 0.0)
+    paired = measure.paired_targets(
+        Server("cassava"),  # type: ignore[arg-type]
+        "onnx",
+        Path("m"),
+        [b"x"],
+        rounds=2,
+        control=Server("control"),  # type: ignore[arg-type]
+    )
+    ref1 = "in-process b1"
+    first = [ref1, "http://cassava b1 c1", ref1, "http://control b1 c1", ref1]
+    first += ["grpc://cassava b1 c1", ref1, "grpc://control b1 c1", ref1]
+    assert calls[: len(first)] == first
+    second = calls[len(calls) // 2 :]
+    assert second[:5] == [ref1, "http://control b1 c1", ref1, "http://cassava b1 c1", ref1]
+    assert len(calls) == 2 * (2 * len(PAIRED_RUNS) + 14)  # 12 served runs, 5 + 9 in-process ones
+    round2 = paired["rounds"][1]
+    assert round2["control rest b1 c8"]["p50_ms"] == pytest.approx(13.0)
+    assert round2["rest b1 c8"]["p50_ms"] == pytest.approx(12.0)
+    assert [round2[n]["between"] for n in ("control rest b1 c1", "rest b1 c1")] == [[0, 1], [1, 2]]
+    assert paired["control"]["cold_start_s"] == 1.25
+    # Without the control, a round is PAIRED_RUNS exactly.
+    assert [(r.transport, r.batch, r.concurrency) for r in paired_schedule(1, False)] == list(PAIRED_RUNS)
+    assert not any(r.control for r in paired_schedule(0, False))
 
 
 def fake_report(ips: float, p50_ms: float) -> BenchReport:
