@@ -389,3 +389,25 @@ def test_the_infer_route_refuses_other_methods_as_mlservers_route(served: Served
         for path in ("/v2/models/cassava/infer", f"{native_route}/cassava/infer"):
             answer = served.call(method, path)
             assert (answer.status_code, answer.content, answer.headers["allow"]) == refused, (method, path)
+
+
+def test_mlservers_gzip_middleware_is_the_lazy_one(served: Served, body: dict[str, Any]) -> None:
+    """mlserver/rest/app.py (1.7.1) adds Starlette's GZipMiddleware when `gzip_enabled` (the default);
+    the server swaps it for `LazyGZipMiddleware` (tests/server/test_lazy_gzip.py): small answers go
+    out as they are, without a compressor made for each, and large ones are still compressed."""
+    from starlette.middleware.gzip import GZipMiddleware
+
+    from cassava.server.rest import LazyGZipMiddleware
+
+    classes = [m.cls for m in served.app.user_middleware]
+    assert LazyGZipMiddleware in classes
+    assert GZipMiddleware not in classes
+    refused = served.infer({"inputs": []}, headers={"accept-encoding": "gzip"})
+    assert refused.status_code == 400
+    assert len(refused.content) < 500
+    assert "content-encoding" not in refused.headers
+    # The stand-in's answers carry its untrained warning: one image's is over 500 bytes.
+    answer = served.infer(body, headers={"accept-encoding": "gzip"})
+    assert answer.status_code == 200
+    assert len(answer.content) >= 500  # as decompressed by httpx
+    assert answer.headers["content-encoding"] == "gzip"

@@ -33,6 +33,8 @@ It runs MLServer's own server class, settings loader and code paths, and changes
   close`), then the drain below; uvicorn no longer takes the signal for itself.
 - a port already in use: MLServer hung (REST failed to bind, gRPC bound through SO_REUSEPORT). Here:
   exit 2 within seconds, naming the port.
+- speed, not safety: the REST infer route skips FastAPI's per-request machinery, and the gzip middleware
+  makes its compressor only for answers it compresses (docs/performance.md has the figures).
 
 `ServerProcess` (tests, benchmarks) and `cassava serve` run this module; so should the container:
 `python -m cassava.server.launcher /opt/cassava/model` in place of `mlserver start /opt/cassava/model`.
