@@ -44,7 +44,7 @@ test: lint ## lint, then every test: unit, in-process runtime, integration (real
 test-fast: lint ## the quick loop (about a minute): lint, unit and in-process runtime tests, no server processes
 	$(BIN)/pytest -q -m "not integration and not slow and not browser" tests/unit tests/server
 
-bench: setup ## the benchmark matrix -> docs/performance.md (~19 min, 2 cores); MODEL=DIR (or CASSAVA_BENCH_MODEL), e.g. the CropNet graph
+bench: setup ## the benchmark matrix -> docs/performance.md (~22 min, 2 cores); MODEL=DIR (or CASSAVA_BENCH_MODEL), e.g. the CropNet graph
 	$(BIN)/python -m benchmarks $(if $(MODEL),--model $(MODEL))
 
 image: setup ## build the server image with docker/podman (IMAGE=name:tag, BACKEND=onnx, MODEL_SOURCE=url|file|demo)

@@ -1,6 +1,6 @@
 """What the matrix runs: the images, the timing windows, the targets and the server plan.
 
-The 2-core budget (15 minutes) does not fit the full cross product, so the full grid (workers x
+A run on 2 cores (about 22 minutes) cannot hold the full cross product, so the full grid (workers x
 batching x transport x concurrency) runs on the fastest backend only, and TensorFlow gets its default
 server with and without batching plus the seed's request. `server_plan` lists exactly what runs.
 """
