@@ -11,7 +11,6 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from cassava.bench import StartedServer
@@ -27,7 +26,6 @@ CONTROL_LABEL = f"mlserver start, runtime {RUNTIME}, cassava's default server se
 REPOSITORY = Path(__file__).resolve().parent.parent
 
 
-@dataclass
 class ControlProcess(ServerProcess):
     def command(self) -> list[str]:
         return [sys.executable, "-m", "mlserver.cli.main", "start", str(self.folder)]

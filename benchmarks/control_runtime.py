@@ -27,8 +27,8 @@ from cassava.pipeline import Classifier
 class PipelineRuntime(MLModel):  # type: ignore[misc]
     async def load(self) -> bool:
         params = self.settings.parameters
-        extra = (params.extra if params else None) or {}
-        self._classifier = Classifier.load(Path(params.uri), extra.get("backend", "onnx"))
+        # `benchmarks.control` always writes both: the model directory and the backend under test.
+        self._classifier = Classifier.load(Path(params.uri), params.extra["backend"])
         return True
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:

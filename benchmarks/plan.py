@@ -76,7 +76,12 @@ class PairedRun(NamedTuple):
 
 def paired_name(transport: str, batch: int, concurrency: int, control: bool = False) -> str:
     name = f"{transport} b{batch} c{concurrency}"
-    return f"{CONTROL} {name}" if control else name
+    return control_name(name) if control else name
+
+
+def control_name(name: str) -> str:
+    """The control's run of the run named `name` in the same round."""
+    return f"{CONTROL} {name}"
 
 
 def paired_schedule(round_index: int, control: bool) -> list[PairedRun]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.environment import QUIET_MAX_WAIT_S, QUIET_STEAL
-from benchmarks.plan import ADAPTIVE, CONTROL, REGENERATE
+from benchmarks.plan import ADAPTIVE, CONTROL, REGENERATE, control_name
 
 Lines = list[str]
 
@@ -136,8 +136,8 @@ def _paired(results: dict[str, Any]) -> Lines:
         row += [_spread(r["in-process b1"], "p50_ms"), _spread(r[f"in-process b{ref}"], "images_per_s")]
         for name in names:
             cell = shown(r[name], name)
-            if f"{CONTROL} {name}" in r:
-                cell += f" / {shown(r[f'{CONTROL} {name}'], name)}"
+            if control_name(name) in r:
+                cell += f" / {shown(r[control_name(name)], name)}"
             row.append(cell)
         rows.append(row)
     warmup, window = paired["window_s"]

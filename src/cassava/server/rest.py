@@ -299,11 +299,15 @@ class LazyGZipMiddleware(GZipMiddleware):
     `_LazyGZipResponder` for requests that accept gzip."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and "gzip" in Headers(scope=scope).get("Accept-Encoding", ""):
-            responder = _LazyGZipResponder(self.app, self.minimum_size, compresslevel=self.compresslevel)
-            await responder(scope, receive, send)
-        else:
+        if scope["type"] != "http":
             await super().__call__(scope, receive, send)
+            return
+        responder: ASGIApp = (
+            _LazyGZipResponder(self.app, self.minimum_size, compresslevel=self.compresslevel)
+            if "gzip" in Headers(scope=scope).get("Accept-Encoding", "")
+            else IdentityResponder(self.app, self.minimum_size)
+        )
+        await responder(scope, receive, send)
 
 
 def describe_validation_errors(errors: list[Any]) -> str:
